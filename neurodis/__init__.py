@@ -1,0 +1,2 @@
+"""neurodis."""
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""Command line: argument parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from neurodis.types import SpecError
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"run: {summary['run_dir']}  ({summary['seconds']} s)")
+    for stage, s in summary["stages"].items():
+        if stage == "forward":
+            dead = sum(v["dead"] for v in s["layers"].values())
+            chans = sum(v["channels"] for v in s["layers"].values())
+            print(f"  forward: {s['images']} images, {s['rejected']} rejected, {len(s['layers'])} layers, "
+                  f"{chans} neurons ({dead} dead), {s['shards_run']} shards computed this run")
+        else:
+            print(f"  {stage}: {json.dumps({k: v for k, v in s.items() if not isinstance(v, (dict, list))})}")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from neurodis.config import load_spec
+    from neurodis.orchestration.audit import run_audit
+    from neurodis.orchestration.runners import LocalRunner, RayRunner
+
+    overrides: dict[str, Any] = {}
+    if args.stages:
+        overrides["stages"] = args.stages
+    spec = load_spec(args.spec, overrides)
+    runner = LocalRunner() if args.local else RayRunner(address=args.address)
+    summary = run_audit(spec, out=args.out, runner=runner, overwrite=args.overwrite)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from neurodis.config import ModelConfig, load_spec
+    from neurodis.models.layers import discover_layers
+    from neurodis.models.loading import load_model, resolve_preprocess
+
+    target = args.target
+    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
+        cfg = load_spec(target).model
+    else:
+        cfg = ModelConfig(arch=target, input_size=args.input_size)
+    model = load_model(cfg)
+    size = resolve_preprocess(cfg, model).crop
+    infos = discover_layers(model, size)
+    if not args.all:
+        infos = [i for i in infos if i.default or "." not in i.path]
+    width = max((len(i.path) for i in infos), default=10)
+    print(f"{'module path':<{width}}  {'channels':>8}  {'output shape':<18} type   (* = in `layers: all`)")
+    for i in infos:
+        print(f"{i.path:<{width}}  {i.channels:>8}  {str(list(i.shape)):<18} {i.module_type}{' *' if i.default else ''}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from neurodis.orchestration.audit import stage_status
+
+    for stage, s in stage_status(args.run_dir).items():
+        line = f"{stage}: {s['committed']} committed, {s['pending']} pending"
+        if s["pending_units"]:
+            line += f" (next: {', '.join(s['pending_units'][:5])})"
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neurodis", description="Audit every neuron of a vision model for polysemanticity.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("audit", help="run an audit spec (resumes an interrupted run)")
+    a.add_argument("spec", help="audit spec YAML")
+    a.add_argument("--out", help="run directory (default: the spec's output)")
+    a.add_argument("--stages", nargs="+", help="run only these stages")
+    a.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or an embedded local Ray)")
+    a.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
+    a.add_argument("--overwrite", action="store_true", help="recompute stages whose config changed")
+    a.set_defaults(fn=cmd_audit)
+
+    la = sub.add_parser("layers", help="list the auditable module paths of a model")
+    la.add_argument("target", help="torchvision model name, package.module:callable, or a spec YAML")
+    la.add_argument("--input-size", type=int, default=224)
+    la.add_argument("--all", action="store_true", help="every module, not only blocks and top-level modules")
+    la.set_defaults(fn=cmd_layers)
+
+    s = sub.add_parser("status", help="committed / pending shards per stage of a run directory")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.fn(args))
+    except SpecError as e:
+        print(f"neurodis: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"neurodis: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Shard manifests: the only commit marker. A unit of work is done iff its manifest exists and its
+config hash matches; the table files it names were renamed into place before it was written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from neurodis.io.atomic import write_json_atomic, write_parquet_atomic
+from neurodis.io.layout import RunLayout
+
+
+class StaleRunError(RuntimeError):
+    """The run directory holds outputs computed from a different config."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stage: str
+    unit: str
+    config_hash: str
+    files: dict[str, str]  # table -> path relative to the run root
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        d = json.loads(path.read_text())
+        return cls(d["stage"], d["unit"], d["config_hash"], dict(d["files"]), dict(d.get("meta", {})))
+
+
+def commit_unit(layout: RunLayout, stage: str, unit: str, config_hash: str,
+                tables: Mapping[str, pa.Table], meta: Mapping[str, Any] | None = None) -> Manifest:
+    """Write each table atomically, then the manifest (last: the commit marker)."""
+    files: dict[str, str] = {}
+    for name, table in tables.items():
+        final = layout.table_file(name, stage, unit)
+        write_parquet_atomic(table, final, layout.tmp_dir)
+        files[name] = str(final.relative_to(layout.root))
+    manifest = Manifest(stage, unit, config_hash, files, dict(meta or {}))
+    write_json_atomic({"stage": stage, "unit": unit, "config_hash": config_hash, "files": files,
+                       "meta": manifest.meta, "committed_at": time.time()},
+                      layout.manifest_path(stage, unit), layout.tmp_dir)
+    return manifest
+
+
+def committed(layout: RunLayout, stage: str, config_hash: str | None = None) -> dict[str, Manifest]:
+    """The committed units of a stage (unit -> manifest); with ``config_hash``, only matching ones."""
+    d = layout.stage_manifest_dir(stage)
+    out: dict[str, Manifest] = {}
+    if not d.is_dir():
+        return out
+    for p in sorted(d.glob("*.json")):
+        try:
+            m = Manifest.load(p)
+        except (OSError, ValueError, KeyError):
+            continue  # unreadable manifest = not committed; the unit is redone
+        if config_hash is None or m.config_hash == config_hash:
+            out[m.unit] = m
+    return out
+
+
+def all_committed_files(layout: RunLayout) -> set[Path]:
+    files: set[Path] = set()
+    if layout.manifests_dir.is_dir():
+        for stage_dir in layout.manifests_dir.iterdir():
+            for m in committed(layout, stage_dir.name).values():
+                files.update(layout.root / f for f in m.files.values())
+    return files
+
+
+def remove_uncommitted(layout: RunLayout, tables: Iterable[str]) -> list[Path]:
+    """Delete table files no manifest names (left by a crash) and the temp folder."""
+    keep = all_committed_files(layout)
+    removed = []
+    for t in tables:
+        d = layout.table_dir(t)
+        if d.is_dir():
+            for p in d.glob("*.parquet"):
+                if p not in keep:
+                    p.unlink()
+                    removed.append(p)
+    shutil.rmtree(layout.tmp_dir, ignore_errors=True)
+    return removed
+
+
+def drop_stage(layout: RunLayout, stage: str) -> None:
+    """Forget a stage's outputs (used with --overwrite when its config changed)."""
+    for m in committed(layout, stage).values():
+        for f in m.files.values():
+            (layout.root / f).unlink(missing_ok=True)
+    shutil.rmtree(layout.stage_manifest_dir(stage), ignore_errors=True)
+
+
+def check_stage_hash(layout: RunLayout, stage: str, config_hash: str, overwrite: bool) -> None:
+    """Refuse to mix outputs of different configs in one run directory."""
+    stale = {u: m for u, m in committed(layout, stage).items() if m.config_hash != config_hash}
+    if not stale:
+        return
+    if overwrite:
+        drop_stage(layout, stage)
+        return
+    raise StaleRunError(
+        f"run directory {layout.root} already holds stage {stage!r} outputs from a different config "
+        f"(hash {next(iter(stale.values())).config_hash} != {config_hash}); pass --overwrite to recompute "
+        f"them or --out to write a new run")

@@ -1,0 +1,43 @@
+"""Tiny models built in code, for smoke runs and tests (``arch: neurodis.models.tiny:tiny_cnn``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.skip = nn.Conv2d(cin, cout, 1, stride) if (stride != 1 or cin != cout) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(self.relu(self.conv1(x))) + self.skip(x))
+
+
+class TinyCNN(nn.Module):
+    """stem → layer1 → layer2 → pool → fc; deterministic weights for a seed."""
+
+    def __init__(self, num_classes: int = 5, width: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1), nn.ReLU())
+        self.layer1 = nn.Sequential(_Block(width, width, 1), _Block(width, width, 1))
+        self.layer2 = nn.Sequential(_Block(width, 2 * width, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() > 1 else 0.1))
+        self.preprocess_config = {"resize": 32, "crop": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def tiny_cnn() -> TinyCNN:
+    return TinyCNN()

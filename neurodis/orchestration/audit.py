@@ -1,0 +1,161 @@
+"""The audit driver: plans each stage, runs its pending units on a runner, writes the summary.
+
+The driver handles plans and small per-unit metadata only; bulk data stays in the workers and the
+Parquet tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neurodis.config import AuditSpec
+from neurodis.io.atomic import write_json_atomic, write_text_atomic
+from neurodis.io.layout import RunLayout
+from neurodis.io.manifest import check_stage_hash, committed, remove_uncommitted
+from neurodis.orchestration.runners import LocalRunner, Resources, Runner
+from neurodis.schemas import TABLES
+from neurodis.stages import forward
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """Some units of a stage failed after retries; the message names them and their errors."""
+
+
+def _progress(results: Iterator[dict[str, Any]], total: int, desc: str) -> Iterator[dict[str, Any]]:
+    from tqdm import tqdm
+
+    kill_after = os.environ.get("NEURODIS_FAULT_KILL_DRIVER_AFTER")  # test hook: SIGKILL the driver
+    with tqdm(total=total, desc=desc, unit="shard", file=sys.stderr, mininterval=1.0, disable=total == 0) as bar:
+        for i, r in enumerate(results, 1):
+            bar.update(1)
+            yield r
+            if kill_after is not None and i >= int(kill_after):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _collect(results: Iterable[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
+    out = list(results)
+    failed = [r for r in out if r.get("error")]
+    if failed:
+        lines = "; ".join(f"{r['unit']}: {r['error']}" for r in failed[:5])
+        more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
+        raise StageFailed(f"stage {stage!r}: {len(failed)} of {len(out)} units failed: {lines}{more}; "
+                          "fix the cause and re-run the same command to resume")
+    return out
+
+
+def _gpu_resources(spec: AuditSpec, runner: Runner) -> tuple[Resources, int]:
+    gpus = runner.cluster_gpus()
+    r = spec.resources
+    if gpus > 0 and r.device != "cpu":
+        workers = r.workers or max(1, int(gpus / r.gpus_per_worker))
+        return Resources(cpus=r.cpus_per_worker, gpus=r.gpus_per_worker), workers
+    return Resources(cpus=r.cpus_per_worker, gpus=0.0), r.workers or 1
+
+
+def run_forward(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
+    plan, records = forward.plan_forward(spec, layout)
+    check_stage_hash(layout, forward.STAGE, plan.config_hash, overwrite)
+    done = committed(layout, forward.STAGE, plan.config_hash)
+    if forward.IMAGES_UNIT not in done:
+        forward.commit_images(plan, records)
+    tasks = [t for t in forward.shard_tasks(plan, records) if forward.shard_unit(t.shard) not in done]
+    del records
+    resources, workers = _gpu_resources(spec, runner)
+    log.info("forward: %d images, %d layers, %d shards to run (%d already committed), %d worker(s)",
+             plan.n_images, len(plan.layers), len(tasks), len(done), workers)
+    _collect(_progress(runner.map_actors(functools.partial(forward.ForwardWorker, plan), "run_shard", tasks,
+                                         resources, workers), len(tasks), "forward"), "forward")
+    merges = [(plan, lp) for lp in plan.layers if forward.merge_unit(lp.path) not in done]
+    _collect(runner.map_tasks(forward.merge_layer, merges, Resources(cpus=1)), "forward")
+    metas = committed(layout, forward.STAGE, plan.config_hash)
+    images = sum(m.meta.get("images", 0) for u, m in metas.items() if u.startswith("shard-"))
+    rejects = sum(m.meta.get("rejects", 0) for u, m in metas.items() if u.startswith("shard-"))
+    dead = {lp.path: metas[forward.merge_unit(lp.path)].meta.get("dead", 0) for lp in plan.layers}
+    if images == 0:
+        raise StageFailed(f"stage 'forward': all {plan.n_images} probe images were rejected "
+                          f"(see {layout.table_dir('rejects')}); check data.root and the image files")
+    if spec.forward.top_k > images:
+        log.warning("forward.top_k=%d is larger than the %d readable images: references hold %d ranks",
+                    spec.forward.top_k, images, images)
+    return {"config_hash": plan.config_hash, "images": images, "rejected": rejects,
+            "layers": {lp.path: {"channels": lp.channels, "dead": dead[lp.path]} for lp in plan.layers},
+            "shards_run": len(tasks)}
+
+
+STAGE_DRIVERS = {"forward": run_forward}
+
+
+def run_audit(spec: AuditSpec, out: str | Path | None = None, runner: Runner | None = None,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Run every stage of ``spec`` that is not yet committed; returns (and writes) the summary."""
+    layout = RunLayout(Path(out or spec.output))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    runner = runner or LocalRunner()
+    removed = remove_uncommitted(layout, TABLES)
+    if removed:
+        log.info("removed %d uncommitted file(s) left by an interrupted run", len(removed))
+    write_text_atomic(yaml.safe_dump(spec.to_dict(), sort_keys=False), layout.spec_path, layout.tmp_dir)
+    t0 = time.time()
+    summary: dict[str, Any] = {"run_dir": str(layout.root), "model": spec.model.model_name, "stages": {}}
+    for stage in spec.ordered_stages:
+        ts = time.time()
+        summary["stages"][stage] = STAGE_DRIVERS[stage](spec, layout, runner, overwrite)
+        summary["stages"][stage]["seconds"] = round(time.time() - ts, 2)
+    summary["seconds"] = round(time.time() - t0, 2)
+    write_json_atomic(summary, layout.summary_path(), layout.tmp_dir)
+    return summary
+
+
+def stage_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Per stage: committed units and the units a resumed run would still compute."""
+    from neurodis.config import load_spec
+
+    layout = RunLayout(Path(run_dir))
+    if not layout.spec_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a neurodis run directory (no spec.yaml); pass the --out of an audit")
+    spec = load_spec(layout.spec_path)
+    out: dict[str, dict[str, Any]] = {}
+    for stage in spec.ordered_stages:
+        units = committed(layout, stage)
+        if stage == "forward":
+            import math
+
+            n = sum(1 for _ in _listing(spec))
+            expected = ["images"] + [forward.shard_unit(i) for i in range(math.ceil(n / spec.forward.shard_size))]
+            layers = _status_layers(spec)
+            expected += [forward.merge_unit(p) for p in layers]
+        else:  # pragma: no cover - later stages register here
+            expected = list(units)
+        pending = [u for u in expected if u not in units]
+        out[stage] = {"committed": len([u for u in expected if u in units]), "pending": len(pending),
+                      "pending_units": pending[:20]}
+    return out
+
+
+def _listing(spec: AuditSpec) -> list[Any]:
+    from neurodis.data.probe import list_probe_set
+
+    return list_probe_set(spec.data)
+
+
+def _status_layers(spec: AuditSpec) -> list[str]:
+    if spec.layers != "all":
+        return list(spec.layers)
+    from neurodis.models.layers import discover_layers, resolve_layers
+    from neurodis.models.loading import load_model, resolve_preprocess
+
+    model = load_model(spec.model)
+    return [i.path for i in resolve_layers(discover_layers(model, resolve_preprocess(spec.model, model).crop), "all")]

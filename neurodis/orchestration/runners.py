@@ -1,0 +1,125 @@
+"""Runners: the same stage code runs in-process (LocalRunner) or on Ray (RayRunner).
+
+This package is the only place that imports ``ray``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage asks for."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+class Runner(Protocol):
+    def map_actors(self, factory: Callable[[], Any], method: str, items: Sequence[Any],
+                   resources: Resources, workers: int) -> Iterator[dict[str, Any]]: ...
+
+    def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
+                  resources: Resources) -> Iterator[dict[str, Any]]: ...
+
+    def cluster_gpus(self) -> float: ...
+
+
+class LocalRunner:
+    """Everything in this process, one item at a time (tests, debugging, no Ray start-up cost)."""
+
+    def map_actors(self, factory: Callable[[], Any], method: str, items: Sequence[Any],
+                   resources: Resources, workers: int) -> Iterator[dict[str, Any]]:
+        if not items:
+            return
+        worker = factory()
+        for item in items:
+            yield getattr(worker, method)(item)
+
+    def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
+                  resources: Resources) -> Iterator[dict[str, Any]]:
+        for args in items:
+            yield fn(*args)
+
+    def cluster_gpus(self) -> float:
+        import torch
+
+        return float(torch.cuda.device_count())
+
+
+class _ActorAdapter:
+    """Ray Data callable class: builds the worker once per actor, runs one item per batch row."""
+
+    def __init__(self, factory: Callable[[], Any], method: str) -> None:
+        self.worker = factory()
+        self.method = method
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        results = [pickle.dumps(getattr(self.worker, self.method)(pickle.loads(b))) for b in batch["item"]]
+        return {"result": results}
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS`` inside a Ray job), else start an embedded local
+    instance. An already initialised Ray is reused."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or None, logging_level=logging.WARNING)
+        return
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.WARNING)
+
+
+class RayRunner:
+    """GPU-stage workers as a Ray Data actor pool (model loaded once per actor); CPU stages as
+    Ray tasks with a bounded number in flight. Results are small metadata dicts."""
+
+    def __init__(self, address: str | None = None, max_in_flight: int | None = None) -> None:
+        ensure_ray(address)
+        import ray
+
+        self.ray = ray
+        self.max_in_flight = max_in_flight
+
+    def cluster_gpus(self) -> float:
+        return float(self.ray.cluster_resources().get("GPU", 0.0))
+
+    def map_actors(self, factory: Callable[[], Any], method: str, items: Sequence[Any],
+                   resources: Resources, workers: int) -> Iterator[dict[str, Any]]:
+        if not items:
+            return
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ds = ray.data.from_items([{"item": pickle.dumps(it)} for it in items], override_num_blocks=len(items))
+        kwargs: dict[str, Any] = {"num_cpus": resources.cpus}
+        if resources.gpus:
+            kwargs["num_gpus"] = resources.gpus
+        out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method), batch_size=1,
+                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
+                             **kwargs)
+        for row in out.iter_rows():
+            yield pickle.loads(row["result"])
+
+    def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
+                  resources: Resources) -> Iterator[dict[str, Any]]:
+        remote = self.ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=2)(fn)
+        limit = self.max_in_flight or max(2, int(self.ray.cluster_resources().get("CPU", 2)) * 2)
+        pending: list[Any] = []
+        queue = list(items)
+        while queue or pending:
+            while queue and len(pending) < limit:
+                pending.append(remote.remote(*queue.pop(0)))
+            ready, pending = self.ray.wait(pending, num_returns=1)
+            yield self.ray.get(ready[0])

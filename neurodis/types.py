@@ -1,0 +1,37 @@
+"""Small value types shared by every layer of the package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class NeuronRef:
+    """One channel of one module output of one model: ``"resnet50/layer4.2/117"``."""
+
+    model: str
+    layer: str
+    channel: int
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.layer}/{self.channel}"
+
+    @classmethod
+    def parse(cls, text: str, model: str = "") -> NeuronRef:
+        """Parse ``model/layer/channel`` or ``layer/channel`` (then ``model`` is the given default)."""
+        parts = text.strip().split("/")
+        if len(parts) == 2:
+            parts = [model, *parts]
+        if len(parts) != 3 or not parts[1]:
+            raise ValueError(f"neuron {text!r} is not 'layer/channel' or 'model/layer/channel' (e.g. layer4/117)")
+        try:
+            channel = int(parts[2])
+        except ValueError:
+            raise ValueError(f"neuron {text!r}: channel {parts[2]!r} is not an integer") from None
+        if channel < 0:
+            raise ValueError(f"neuron {text!r}: channel must be >= 0")
+        return cls(parts[0], parts[1], channel)
+
+
+class SpecError(ValueError):
+    """A bad audit spec or bad input named before any compute; the message says what to fix."""
