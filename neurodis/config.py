@@ -63,6 +63,8 @@ class ModelConfig:
             module, _, attr = self.arch.partition(":")
             if not module or not attr or not all(p.isidentifier() for p in module.split(".") + attr.split(".")):
                 raise SpecError(f"model.arch {self.arch!r}: a builder must look like 'package.module:callable'")
+        elif not self.arch.isidentifier():
+            raise SpecError(f"model.arch {self.arch!r} is neither a torchvision model name nor 'package.module:callable'")
         if self.input_size <= 0:
             raise SpecError("model.input_size must be a positive pixel size")
 

@@ -69,9 +69,13 @@ def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> None:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpecError(f"model.checkpoint {str(p)!r} holds non-tensor objects that weights_only=True refuses "
-                        f"({first[:160]}); save model.state_dict() instead") from None
+        text = str(e)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if "WeightsUnpickler" in text else ""
+        if "Unsupported global" in text:
+            raise SpecError(f"model.checkpoint {str(p)!r} holds non-tensor objects that weights_only=True refuses "
+                            f"({detail[:160]}); save model.state_dict() instead") from None
+        raise SpecError(f"model.checkpoint {str(p)!r} is not a readable torch checkpoint ({detail[:160] or 'unpickling failed'}); "
+                        "pass a file saved with torch.save(model.state_dict())") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise SpecError(f"model.checkpoint {str(p)!r} is not a readable torch checkpoint ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:160] if str(e) else ''}); pass a file saved with torch.save(state_dict)") from None

@@ -42,6 +42,6 @@ def top_k_rows(values: np.ndarray, ids: list[int], k: int) -> list[list[int]]:
     """Per channel: image ids sorted by (value desc, id asc), first k. values: [N, C]."""
     out = []
     for j in range(values.shape[1]):
-        pairs = sorted(((-float(values[i, j]), ids[i]) for i in range(len(ids))))
+        pairs = sorted((-float(values[i, j]), ids[i]) for i in range(len(ids)))
         out.append([p[1] for p in pairs[:k]])
     return out
