@@ -280,10 +280,10 @@ def _partials_of(layout: RunLayout, config_hash: str, layer: str) -> Iterator[tu
         t = t.sort_by([("rank", "ascending"), ("channel", "ascending")])
         c = int(pa.compute.max(t["channel"]).as_py()) + 1
         k = t.num_rows // c
-        arr = lambda name, dt: t[name].to_numpy().astype(dt).reshape(k, c)  # noqa: E731
+        cols = [t[name].to_numpy().astype(dt).reshape(k, c)
+                for name, dt in (("value", np.float32), ("image_id", np.int64), ("h", np.int32), ("w", np.int32))]
         first = t.slice(0, c)
-        yield (TopK(arr("value", np.float32), arr("image_id", np.int64), arr("h", np.int32), arr("w", np.int32)),
-               first["sum_mean"].to_numpy(), int(first["count"][0].as_py()), c)
+        yield TopK(*cols), first["sum_mean"].to_numpy(), int(first["count"][0].as_py()), c
 
 
 def merge_layer(plan: ForwardPlan, layer: LayerPlan) -> dict[str, Any]:

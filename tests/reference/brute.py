@@ -24,7 +24,8 @@ def full_outputs(model: torch.nn.Module, x: torch.Tensor, paths: list[str]) -> d
 def summaries(out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """[B, C, H, W] -> per image and channel: mean, max, and the first (row-major) argmax (h, w)."""
     b, c, h, w = out.shape
-    mean = np.zeros((b, c)); mx = np.zeros((b, c)); ah = np.zeros((b, c), int); aw = np.zeros((b, c), int)
+    mean, mx = np.zeros((b, c)), np.zeros((b, c))
+    ah, aw = np.zeros((b, c), int), np.zeros((b, c), int)
     for i in range(b):
         for j in range(c):
             m = out[i, j]
