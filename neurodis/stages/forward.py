@@ -93,8 +93,8 @@ def _token_reduce(layers: Sequence[LayerInfo], all_layers: Sequence[LayerInfo], 
     """``auto``: the CLS token for token layers inside the model's last block, the token mean before."""
     if mode != "auto":
         return {i.path: mode for i in layers}
-    blocks = [i.path for i in all_layers if i.default and i.module_type != "" and len(i.shape) == 2
-              and not any(i.path.startswith(o.path + ".") for o in all_layers if o.default and o is not i)]
+    blocks = [i.path for i in all_layers if i.default and len(i.shape) == 2
+              and not any(i.path.startswith(o.path + ".") for o in all_layers if o.default)]
     last = blocks[-1] if blocks else None
     out = {}
     for i in layers:
