@@ -121,11 +121,12 @@ class ForwardConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """How stages map onto Ray. ``workers`` = GPU-stage actors (default: one per GPU, else 1)."""
+    """How stages map onto Ray. ``workers`` = GPU-stage actors (default: one per GPU, else 1);
+    ``cpus_per_worker`` default: 1 (on CPU-only clusters torch then gets the CPUs shared out)."""
 
     workers: int | None = None
     gpus_per_worker: float = 1.0
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None
     device: Device = "auto"
 
     def __post_init__(self) -> None:
@@ -133,7 +134,7 @@ class ResourcesConfig:
             raise SpecError("resources.workers must be a positive integer (or left out)")
         if not 0 < self.gpus_per_worker <= 8:
             raise SpecError("resources.gpus_per_worker must be in (0, 8]; fractions share a GPU")
-        if self.cpus_per_worker < 0:
+        if self.cpus_per_worker is not None and self.cpus_per_worker < 0:
             raise SpecError("resources.cpus_per_worker must be >= 0")
 
 

@@ -46,5 +46,8 @@ class RunLayout:
     def manifest_path(self, stage: str, unit: str) -> Path:
         return self.stage_manifest_dir(stage) / f"{safe_name(unit)}.json"
 
+    def attempts_path(self, stage: str, unit: str) -> Path:
+        return self.root / "_attempts" / safe_name(stage) / safe_name(unit)
+
     def summary_path(self) -> Path:
         return self.root / "summary.json"

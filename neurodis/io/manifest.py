@@ -36,9 +36,13 @@ class Manifest:
 
 
 def commit_unit(layout: RunLayout, stage: str, unit: str, config_hash: str,
-                tables: Mapping[str, pa.Table], meta: Mapping[str, Any] | None = None) -> Manifest:
-    """Write each table atomically, then the manifest (last: the commit marker)."""
-    files: dict[str, str] = {}
+                tables: Mapping[str, pa.Table], meta: Mapping[str, Any] | None = None,
+                extra_files: Mapping[str, Path] | None = None) -> Manifest:
+    """Write each table atomically, then the manifest (last: the commit marker). ``extra_files``
+    (name -> path inside the run) are non-table files the caller already renamed into place; the
+    manifest names them so they are committed and dropped together with the unit."""
+    files: dict[str, str] = {name: str(Path(f).resolve().relative_to(layout.root.resolve()))
+                             for name, f in (extra_files or {}).items()}
     for name, table in tables.items():
         final = layout.table_file(name, stage, unit)
         write_parquet_atomic(table, final, layout.tmp_dir)
@@ -48,6 +52,23 @@ def commit_unit(layout: RunLayout, stage: str, unit: str, config_hash: str,
                        "meta": manifest.meta, "committed_at": time.time()},
                       layout.manifest_path(stage, unit), layout.tmp_dir)
     return manifest
+
+
+def record_attempt(layout: RunLayout, stage: str, unit: str) -> int:
+    """Count one more attempt at a unit (written before the work starts); returns the count.
+    After a worker death the driver reads these to name the unit that kept killing its worker."""
+    path = layout.attempts_path(stage, unit)
+    n = attempts(layout, stage, unit) + 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(n))
+    return n
+
+
+def attempts(layout: RunLayout, stage: str, unit: str) -> int:
+    try:
+        return int(layout.attempts_path(stage, unit).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def committed(layout: RunLayout, stage: str, config_hash: str | None = None) -> dict[str, Manifest]:

@@ -21,7 +21,7 @@ import yaml
 from neurodis.config import AuditSpec
 from neurodis.io.atomic import write_json_atomic, write_text_atomic
 from neurodis.io.layout import RunLayout
-from neurodis.io.manifest import check_stage_hash, committed, remove_uncommitted
+from neurodis.io.manifest import attempts, check_stage_hash, committed, remove_uncommitted
 from neurodis.orchestration.runners import LocalRunner, Resources, Runner
 from neurodis.schemas import TABLES
 from neurodis.stages import forward
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class StageFailed(RuntimeError):
     """Some units of a stage failed after retries; the message names them and their errors."""
+
+    def __init__(self, message: str, failures: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
 
 
 def _progress(results: Iterator[dict[str, Any]], total: int, desc: str) -> Iterator[dict[str, Any]]:
@@ -45,14 +49,35 @@ def _progress(results: Iterator[dict[str, Any]], total: int, desc: str) -> Itera
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _collect(results: Iterable[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
-    out = list(results)
+def _collect(results: Iterable[dict[str, Any]], stage: str, expected: Iterable[str] = (),
+             layout: RunLayout | None = None) -> list[dict[str, Any]]:
+    """Drain a runner's results. A runner-level failure (a worker that kept dying past its retries)
+    is reported against the uncommitted units: first those attempted more than once (the unit that
+    kept killing its worker), then the ones that never ran."""
+    out: list[dict[str, Any]] = []
+    try:
+        out.extend(results)
+    except Exception as e:  # noqa: BLE001 - reported per unit below
+        if layout is None:
+            raise
+        text = str(e).strip().splitlines()
+        reason = f"{type(e).__name__}: {text[0][:300] if text else ''}"
+        done = set(committed(layout, stage)) | {r["unit"] for r in out}
+        pending = [u for u in expected if u not in done]
+        tries = {u: attempts(layout, stage, u) for u in pending}
+        culprits = [u for u in pending if tries[u] > 1] or [u for u in pending if tries[u] == 1] or pending
+        out.extend({"unit": u, "error": f"worker died on all {tries[u]} attempts ({reason})"} for u in culprits)
+        out.extend({"unit": u, "error": f"not run: the stage stopped after {culprits[0]} failed"}
+                   for u in pending if u not in culprits)
+        if not pending:
+            raise
     failed = [r for r in out if r.get("error")]
     if failed:
         lines = "; ".join(f"{r['unit']}: {r['error']}" for r in failed[:5])
         more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
         raise StageFailed(f"stage {stage!r}: {len(failed)} of {len(out)} units failed: {lines}{more}; "
-                          "fix the cause and re-run the same command to resume")
+                          "fix the cause and re-run the same command to resume",
+                          [{"unit": r["unit"], "error": r["error"]} for r in failed])
     return out
 
 
@@ -61,8 +86,13 @@ def _gpu_resources(spec: AuditSpec, runner: Runner) -> tuple[Resources, int]:
     r = spec.resources
     if gpus > 0 and r.device != "cpu":
         workers = r.workers or max(1, int(gpus / r.gpus_per_worker))
-        return Resources(cpus=r.cpus_per_worker, gpus=r.gpus_per_worker), workers
-    return Resources(cpus=r.cpus_per_worker, gpus=0.0), r.workers or 1
+        cpus = 1.0 if r.cpus_per_worker is None else r.cpus_per_worker
+        return Resources(cpus=cpus, gpus=r.gpus_per_worker), workers
+    workers = r.workers or 1
+    cpus = 1.0 if r.cpus_per_worker is None else r.cpus_per_worker
+    # CPU-only: reserve one CPU per actor for scheduling, but let torch use the CPUs shared out
+    threads = max(1, int(runner.cluster_cpus() // workers)) if r.cpus_per_worker is None else max(1, int(cpus))
+    return Resources(cpus=cpus, gpus=0.0, threads=threads), workers
 
 
 def run_forward(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
@@ -77,9 +107,11 @@ def run_forward(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: b
     log.info("forward: %d images, %d layers, %d shards to run (%d already committed), %d worker(s)",
              plan.n_images, len(plan.layers), len(tasks), len(done), workers)
     _collect(_progress(runner.map_actors(functools.partial(forward.ForwardWorker, plan), "run_shard", tasks,
-                                         resources, workers), len(tasks), "forward"), "forward")
+                                         resources, workers), len(tasks), "forward"), "forward",
+             [forward.shard_unit(t.shard) for t in tasks], layout)
     merges = [(plan, lp) for lp in plan.layers if forward.merge_unit(lp.path) not in done]
-    _collect(runner.map_tasks(forward.merge_layer, merges, Resources(cpus=1)), "forward")
+    _collect(runner.map_tasks(forward.merge_layer, merges, Resources(cpus=1)), "forward",
+             [forward.merge_unit(lp.path) for _, lp in merges], layout)
     metas = committed(layout, forward.STAGE, plan.config_hash)
     images = sum(m.meta.get("images", 0) for u, m in metas.items() if u.startswith("shard-"))
     rejects = sum(m.meta.get("rejects", 0) for u, m in metas.items() if u.startswith("shard-"))
@@ -98,6 +130,26 @@ def run_forward(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: b
 STAGE_DRIVERS = {"forward": run_forward}
 
 
+
+
+# ---- Embedding + PSI (issue 5) -------------------------------------------------------------------
+def run_embed(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
+    from neurodis.orchestration.embed_psi import run_embed as drive
+
+    return drive(spec, layout, runner, overwrite)
+
+
+def run_psi(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
+    from neurodis.orchestration.embed_psi import run_psi as drive
+
+    return drive(spec, layout, runner, overwrite)
+
+
+STAGE_DRIVERS["embed"] = run_embed
+STAGE_DRIVERS["psi"] = run_psi
+# ---- end Embedding + PSI -------------------------------------------------------------------------
+
+
 def run_audit(spec: AuditSpec, out: str | Path | None = None, runner: Runner | None = None,
               overwrite: bool = False) -> dict[str, Any]:
     """Run every stage of ``spec`` that is not yet committed; returns (and writes) the summary."""
@@ -112,9 +164,15 @@ def run_audit(spec: AuditSpec, out: str | Path | None = None, runner: Runner | N
     summary: dict[str, Any] = {"run_dir": str(layout.root), "model": spec.model.model_name, "stages": {}}
     for stage in spec.ordered_stages:
         ts = time.time()
-        summary["stages"][stage] = STAGE_DRIVERS[stage](spec, layout, runner, overwrite)
+        try:
+            summary["stages"][stage] = STAGE_DRIVERS[stage](spec, layout, runner, overwrite)
+        except StageFailed as e:
+            summary.update(status="failed", failed_stage=stage, error=str(e), failures=e.failures,
+                           seconds=round(time.time() - t0, 2))
+            write_json_atomic(summary, layout.summary_path(), layout.tmp_dir)
+            raise
         summary["stages"][stage]["seconds"] = round(time.time() - ts, 2)
-    summary["seconds"] = round(time.time() - t0, 2)
+    summary.update(status="complete", seconds=round(time.time() - t0, 2))
     write_json_atomic(summary, layout.summary_path(), layout.tmp_dir)
     return summary
 

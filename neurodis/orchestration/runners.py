@@ -21,6 +21,7 @@ class Resources:
 
     cpus: float = 1.0
     gpus: float = 0.0
+    threads: int = 1  # torch threads inside the worker
 
 
 class Runner(Protocol):
@@ -31,6 +32,8 @@ class Runner(Protocol):
                   resources: Resources) -> Iterator[dict[str, Any]]: ...
 
     def cluster_gpus(self) -> float: ...
+
+    def cluster_cpus(self) -> float: ...
 
 
 class LocalRunner:
@@ -54,16 +57,29 @@ class LocalRunner:
 
         return float(torch.cuda.device_count())
 
+    def cluster_cpus(self) -> float:
+        return float(os.cpu_count() or 1)
+
 
 class _ActorAdapter:
     """Ray Data callable class: builds the worker once per actor, runs one item per batch row."""
 
-    def __init__(self, factory: Callable[[], Any], method: str) -> None:
+    def __init__(self, factory: Callable[[], Any], method: str, threads: int) -> None:
+        import ray
+        import torch
+
+        torch.set_num_threads(max(1, threads))
         self.worker = factory()
         self.method = method
+        ctx = ray.get_runtime_context()
+        self.placement = {"node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        results = [pickle.dumps(getattr(self.worker, self.method)(pickle.loads(b))) for b in batch["item"]]
+        results = []
+        for b in batch["item"]:
+            r = getattr(self.worker, self.method)(pickle.loads(b))
+            r["placement"] = self.placement
+            results.append(pickle.dumps(r))
         return {"result": results}
 
 
@@ -84,15 +100,22 @@ class RayRunner:
     """GPU-stage workers as a Ray Data actor pool (model loaded once per actor); CPU stages as
     Ray tasks with a bounded number in flight. Results are small metadata dicts."""
 
-    def __init__(self, address: str | None = None, max_in_flight: int | None = None) -> None:
+    def __init__(self, address: str | None = None, max_in_flight: int | None = None, retries: int = 3,
+                 env_vars: dict[str, str] | None = None) -> None:
         ensure_ray(address)
         import ray
 
         self.ray = ray
         self.max_in_flight = max_in_flight
+        self.retries = retries
+        # extra environment for the workers (e.g. fault injection in tests)
+        self.runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
 
     def cluster_gpus(self) -> float:
         return float(self.ray.cluster_resources().get("GPU", 0.0))
+
+    def cluster_cpus(self) -> float:
+        return float(self.ray.cluster_resources().get("CPU", 1.0))
 
     def map_actors(self, factory: Callable[[], Any], method: str, items: Sequence[Any],
                    resources: Resources, workers: int) -> Iterator[dict[str, Any]]:
@@ -103,10 +126,14 @@ class RayRunner:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"item": pickle.dumps(it)} for it in items], override_num_blocks=len(items))
-        kwargs: dict[str, Any] = {"num_cpus": resources.cpus}
+        # A dead actor is restarted and its shard retried `retries` times; then the dataset fails
+        # and the driver reports the shards that never committed.
+        kwargs: dict[str, Any] = {"num_cpus": resources.cpus, "max_restarts": -1, "max_task_retries": self.retries}
+        if self.runtime_env:
+            kwargs["runtime_env"] = self.runtime_env
         if resources.gpus:
             kwargs["num_gpus"] = resources.gpus
-        out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method), batch_size=1,
+        out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method, resources.threads), batch_size=1,
                              batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
                              **kwargs)
         for row in out.iter_rows():
@@ -114,7 +141,8 @@ class RayRunner:
 
     def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
                   resources: Resources) -> Iterator[dict[str, Any]]:
-        remote = self.ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=2)(fn)
+        remote = self.ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=self.retries,
+                                 runtime_env=self.runtime_env)(fn)
         limit = self.max_in_flight or max(2, int(self.ray.cluster_resources().get("CPU", 2)) * 2)
         pending: list[Any] = []
         queue = list(items)

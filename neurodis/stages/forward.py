@@ -27,7 +27,7 @@ from neurodis.config import AuditSpec, PreprocessConfig, stable_hash
 from neurodis.data.probe import BadImageError, ProbeRecord, decode, fingerprint, list_probe_set
 from neurodis.data.transforms import preprocess
 from neurodis.io.layout import RunLayout
-from neurodis.io.manifest import commit_unit, committed
+from neurodis.io.manifest import commit_unit, committed, record_attempt
 from neurodis.kernels.summaries import Summary, summarize
 from neurodis.kernels.topk import TopK, empty_top_k, merge_top_k, top_k
 from neurodis.models.layers import LayerInfo, discover_layers, hooked, resolve_layers
@@ -164,13 +164,17 @@ def _device(plan: ForwardPlan) -> torch.device:
 
 
 def _maybe_inject_fault(shard: int) -> None:
-    """Test hook: NEURODIS_FAULT_EXIT_SHARD=k makes the worker process exit once on shard k
-    (a marker file next to the variable's NEURODIS_FAULT_MARKER path records that it fired)."""
+    """Test hook: ``NEURODIS_FAULT_EXIT_SHARD=k`` kills the worker process on shard k; with
+    ``NEURODIS_FAULT_MARKER=PATH`` only once (the marker file records that it fired), without it
+    every time (a persistent failure)."""
     target = os.environ.get("NEURODIS_FAULT_EXIT_SHARD")
-    marker = os.environ.get("NEURODIS_FAULT_MARKER")
-    if target is None or int(target) != shard or not marker or os.path.exists(marker):
+    if target is None or int(target) != shard:
         return
-    Path(marker).write_text(str(shard))
+    marker = os.environ.get("NEURODIS_FAULT_MARKER")
+    if marker:
+        if os.path.exists(marker):
+            return
+        Path(marker).write_text(str(shard))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -227,6 +231,7 @@ class ForwardWorker:
         return np.asarray(ids_all, np.int64), summaries, rejects
 
     def run_shard(self, task: ShardTask) -> dict[str, Any]:
+        record_attempt(self.plan.layout, STAGE, shard_unit(task.shard))
         _maybe_inject_fault(task.shard)
         try:
             ids, summaries, rejects = self.summarize_shard(task.records)
