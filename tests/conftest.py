@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the test session's own throwaway cluster
 
 
 @pytest.fixture(scope="session")
