@@ -81,6 +81,17 @@ def _collect(results: Iterable[dict[str, Any]], stage: str, expected: Iterable[s
     return out
 
 
+def placements(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Which worker (node, GPU ids, process) ran how many units, as reported by the runner."""
+    counts: dict[tuple[str, tuple[str, ...], int], int] = {}
+    for r in results:
+        p = r.get("placement")
+        if p:
+            key = (p["node"], tuple(p["gpus"]), p["pid"])
+            counts[key] = counts.get(key, 0) + 1
+    return [{"node": n, "gpus": list(g), "pid": pid, "units": c} for (n, g, pid), c in sorted(counts.items())]
+
+
 def _gpu_resources(spec: AuditSpec, runner: Runner) -> tuple[Resources, int]:
     gpus = runner.cluster_gpus()
     r = spec.resources
@@ -106,9 +117,9 @@ def run_forward(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: b
     resources, workers = _gpu_resources(spec, runner)
     log.info("forward: %d images, %d layers, %d shards to run (%d already committed), %d worker(s)",
              plan.n_images, len(plan.layers), len(tasks), len(done), workers)
-    _collect(_progress(runner.map_actors(functools.partial(forward.ForwardWorker, plan), "run_shard", tasks,
-                                         resources, workers), len(tasks), "forward"), "forward",
-             [forward.shard_unit(t.shard) for t in tasks], layout)
+    shard_results = _collect(_progress(runner.map_actors(functools.partial(forward.ForwardWorker, plan), "run_shard",
+                                                         tasks, resources, workers), len(tasks), "forward"),
+                             "forward", [forward.shard_unit(t.shard) for t in tasks], layout)
     merges = [(plan, lp) for lp in plan.layers if forward.merge_unit(lp.path) not in done]
     _collect(runner.map_tasks(forward.merge_layer, merges, Resources(cpus=1)), "forward",
              [forward.merge_unit(lp.path) for _, lp in merges], layout)
@@ -124,7 +135,7 @@ def run_forward(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: b
                     spec.forward.top_k, images, images)
     return {"config_hash": plan.config_hash, "images": images, "rejected": rejects,
             "layers": {lp.path: {"channels": lp.channels, "dead": dead[lp.path]} for lp in plan.layers},
-            "shards_run": len(tasks)}
+            "shards_run": len(tasks), "placement": placements(shard_results)}
 
 
 STAGE_DRIVERS = {"forward": run_forward}
