@@ -147,6 +147,7 @@ class AuditSpec:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     output: str = "runs/audit"
+    cache_dir: str | None = None  # stage outputs shared across runs with identical inputs
 
     def __post_init__(self) -> None:
         if self.layers != "all" and not self.layers:

@@ -17,6 +17,7 @@ def safe_name(text: str) -> str:
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
+    cache: Path | None = None  # where committed units are shared across runs (keyed by config hash)
 
     @property
     def spec_path(self) -> Path:
@@ -48,6 +49,11 @@ class RunLayout:
 
     def attempts_path(self, stage: str, unit: str) -> Path:
         return self.root / "_attempts" / safe_name(stage) / safe_name(unit)
+
+    def cached_unit_root(self, stage: str, config_hash: str) -> Path:
+        """The cache folder of one stage config: same relative layout as a run directory."""
+        assert self.cache is not None
+        return self.cache / safe_name(stage) / config_hash
 
     def summary_path(self) -> Path:
         return self.root / "summary.json"

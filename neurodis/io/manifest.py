@@ -4,8 +4,10 @@ config hash matches; the table files it names were renamed into place before it 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,13 +121,65 @@ def drop_stage(layout: RunLayout, stage: str) -> None:
     shutil.rmtree(layout.stage_manifest_dir(stage), ignore_errors=True)
 
 
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link (committed files are immutable) or copy; atomically appear at ``dst``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _copy_unit(src_root: Path, dst_root: Path, manifest_src: Path, manifest_dst: Path, files: Iterable[str]) -> None:
+    for rel in files:
+        _link(src_root / rel, dst_root / rel)
+    _link(manifest_src, manifest_dst)  # last: the commit marker
+
+
+def adopt_cached(layout: RunLayout, stage: str, config_hash: str) -> int:
+    """Bring units committed by an earlier run with the same config hash into this run."""
+    if layout.cache is None:
+        return 0
+    src = RunLayout(layout.cached_unit_root(stage, config_hash))
+    have = committed(layout, stage, config_hash)
+    n = 0
+    for unit, m in committed(src, stage, config_hash).items():
+        if unit in have or not all((src.root / f).is_file() for f in m.files.values()):
+            continue
+        _copy_unit(src.root, layout.root, src.manifest_path(stage, unit), layout.manifest_path(stage, unit),
+                   m.files.values())
+        n += 1
+    return n
+
+
+def publish_to_cache(layout: RunLayout) -> int:
+    """Share every committed unit of this run with later runs (no-op without a cache)."""
+    if layout.cache is None or not layout.manifests_dir.is_dir():
+        return 0
+    n = 0
+    for stage_dir in sorted(layout.manifests_dir.iterdir()):
+        for unit, m in committed(layout, stage_dir.name).items():
+            dst = RunLayout(layout.cached_unit_root(m.stage, m.config_hash))
+            if dst.manifest_path(m.stage, unit).is_file():
+                continue
+            _copy_unit(layout.root, dst.root, layout.manifest_path(m.stage, unit), dst.manifest_path(m.stage, unit),
+                       m.files.values())
+            n += 1
+    return n
+
+
 def check_stage_hash(layout: RunLayout, stage: str, config_hash: str, overwrite: bool) -> None:
-    """Refuse to mix outputs of different configs in one run directory."""
+    """Refuse to mix outputs of different configs in one run directory; then adopt units that an
+    earlier run with identical inputs left in the cache."""
     stale = {u: m for u, m in committed(layout, stage).items() if m.config_hash != config_hash}
     if not stale:
+        adopt_cached(layout, stage, config_hash)
         return
     if overwrite:
         drop_stage(layout, stage)
+        adopt_cached(layout, stage, config_hash)
         return
     raise StaleRunError(
         f"run directory {layout.root} already holds stage {stage!r} outputs from a different config "

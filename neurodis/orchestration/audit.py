@@ -21,7 +21,7 @@ import yaml
 from neurodis.config import AuditSpec
 from neurodis.io.atomic import write_json_atomic, write_text_atomic
 from neurodis.io.layout import RunLayout
-from neurodis.io.manifest import attempts, check_stage_hash, committed, remove_uncommitted
+from neurodis.io.manifest import attempts, check_stage_hash, committed, publish_to_cache, remove_uncommitted
 from neurodis.orchestration.runners import LocalRunner, Resources, Runner
 from neurodis.schemas import TABLES
 from neurodis.stages import forward
@@ -164,7 +164,7 @@ STAGE_DRIVERS["psi"] = run_psi
 def run_audit(spec: AuditSpec, out: str | Path | None = None, runner: Runner | None = None,
               overwrite: bool = False) -> dict[str, Any]:
     """Run every stage of ``spec`` that is not yet committed; returns (and writes) the summary."""
-    layout = RunLayout(Path(out or spec.output))
+    layout = RunLayout(Path(out or spec.output), Path(spec.cache_dir) if spec.cache_dir else None)
     layout.root.mkdir(parents=True, exist_ok=True)
     runner = runner or LocalRunner()
     removed = remove_uncommitted(layout, TABLES)
@@ -183,7 +183,7 @@ def run_audit(spec: AuditSpec, out: str | Path | None = None, runner: Runner | N
             write_json_atomic(summary, layout.summary_path(), layout.tmp_dir)
             raise
         summary["stages"][stage]["seconds"] = round(time.time() - ts, 2)
-    summary.update(status="complete", seconds=round(time.time() - t0, 2))
+    summary.update(status="complete", seconds=round(time.time() - t0, 2), cached_units=publish_to_cache(layout))
     write_json_atomic(summary, layout.summary_path(), layout.tmp_dir)
     return summary
 
