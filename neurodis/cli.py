@@ -72,6 +72,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from neurodis.stages.diff import diff_runs
+
+    summary = diff_runs(args.run_a, args.run_b, args.out)
+    print(summary["text"], end="")
+    print(f"table: {Path(args.out) / 'neuron_diff.parquet'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neurodis", description="Audit every neuron of a vision model for polysemanticity.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -95,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="committed / pending shards per stage of a run directory")
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_status)
+
+    d = sub.add_parser("diff", help="compare two audits of one architecture neuron by neuron")
+    d.add_argument("run_a")
+    d.add_argument("run_b")
+    d.add_argument("--out", default="runs/diff", help="folder for neuron_diff.parquet and diff_summary.txt")
+    d.set_defaults(fn=cmd_diff)
     return p
 
 

@@ -93,7 +93,30 @@ TOPK_PARTIALS = _spec("_topk_partials", "forward", ("shard", "layer", "channel",
     ("count", pa.int64(), "images in the shard (rank 0 rows only)"),
 ])
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, ACTIVATIONS, REFERENCES, NEURONS, REJECTS, TOPK_PARTIALS)}
+NEURON_DIFF = _spec("neuron_diff", "diff", ("layer", "channel"),
+                     "Written by `neurodis diff RUN_A RUN_B --out DIR` (DIR/neuron_diff.parquet): one row per "
+                     "neuron audited in both runs; null where a run lacks that stage.", [
+    ("layer", pa.string(), "module path"),
+    ("channel", pa.int32(), "channel index"),
+    ("dead_a", pa.bool_(), "dead in run A"),
+    ("dead_b", pa.bool_(), "dead in run B"),
+    ("newly_dead", pa.bool_(), "alive in A, dead in B"),
+    ("revived", pa.bool_(), "dead in A, alive in B"),
+    ("max_a", pa.float32(), "max over the probe set in A"),
+    ("max_b", pa.float32(), "max over the probe set in B"),
+    ("reference_overlap", pa.float64(), "Jaccard overlap of the top-K reference images (by path)"),
+    ("psi_a", pa.float64(), "PSI in A"),
+    ("psi_b", pa.float64(), "PSI in B"),
+    ("d_psi", pa.float64(), "psi_b - psi_a"),
+    ("pure_split_a", pa.float64(), "PURE inter - intra embedding distance in A (smallest k)"),
+    ("pure_split_b", pa.float64(), "the same in B"),
+    ("explanation_a", pa.string(), "linear explanation's concepts in A, joined by ' + '"),
+    ("explanation_b", pa.string(), "the same in B"),
+    ("explanation_changed", pa.bool_(), "the concept lists differ"),
+])
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, ACTIVATIONS, REFERENCES, NEURONS, REJECTS, TOPK_PARTIALS,
+                                                     NEURON_DIFF)}
 
 
 def render_markdown() -> str:
