@@ -11,6 +11,8 @@ from typing import Any
 
 from neurodis.types import SpecError
 
+DEMO_IMAGES = 2000
+
 
 def _print_summary(summary: dict[str, Any]) -> None:
     print(f"run: {summary['run_dir']}  ({summary['seconds']} s)")
@@ -72,12 +74,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from neurodis.orchestration.demo import DemoConfig, render_scorecard, run_demo
+    from neurodis.orchestration.runners import LocalRunner, RayRunner
+
+    cfg = DemoConfig(n_images=args.images)
+    runner = LocalRunner() if args.local else RayRunner(address=args.address)
+    result = run_demo(args.out, cfg, runner)
+    _print_summary(result["summary"])
+    print(render_scorecard(result["scorecard"]))
+    print(f"scorecard: {Path(args.out) / 'scorecard.json'}")
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from neurodis.stages.diff import diff_runs
 
     summary = diff_runs(args.run_a, args.run_b, args.out)
     print(summary["text"], end="")
     print(f"table: {Path(args.out) / 'neuron_diff.parquet'}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:  # Linear Explanations (issue 6)
+    from neurodis.stages.explain_report import explain_report
+
+    print(explain_report(args.run_dir, args.neuron, top=args.top), end="")
     return 0
 
 
@@ -105,11 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_status)
 
+    dm = sub.add_parser("demo", help="audit the ground-truth testbed and score every method against it")
+    dm.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    dm.add_argument("--images", type=int, default=DEMO_IMAGES, help=f"probe images (default {DEMO_IMAGES})")
+    dm.add_argument("--address", help="Ray cluster address (default: an embedded local Ray)")
+    dm.add_argument("--local", action="store_true", help="run in this process without Ray")
+    dm.set_defaults(fn=cmd_demo)
+
+    from neurodis.stages import pure_cli
+
+    pure_cli.register(sub)
+
     d = sub.add_parser("diff", help="compare two audits of one architecture neuron by neuron")
     d.add_argument("run_a")
     d.add_argument("run_b")
     d.add_argument("--out", default="runs/diff", help="folder for neuron_diff.parquet and diff_summary.txt")
     d.set_defaults(fn=cmd_diff)
+
+    e = sub.add_parser("explain", help="one neuron's linear explanation(s), scores and top images")
+    e.add_argument("run_dir")
+    e.add_argument("neuron", help="LAYER/CHANNEL, e.g. layer4/117")
+    e.add_argument("--top", type=int, default=10, help="top images to list")
+    e.set_defaults(fn=cmd_explain)
     return p
 
 

@@ -62,3 +62,11 @@ def test_vit_forward_stage_token_reduce(tmp_path):
                            "layers": ["encoder.layers.encoder_layer_0.mlp.1", "encoder.layers.encoder_layer_11.mlp.1"]})
     plan, _ = plan_forward(spec, RunLayout(tmp_path / "r"))
     assert [lp.token_reduce for lp in plan.layers] == ["mean", "cls"]
+
+
+def test_random_weight_architectures_are_identical_in_driver_and_workers():
+    from neurodis.config import ModelConfig
+    from neurodis.models.loading import load_model
+    from neurodis.stages.forward import weights_hash
+
+    assert weights_hash(load_model(ModelConfig("resnet18"))) == weights_hash(load_model(ModelConfig("resnet18")))

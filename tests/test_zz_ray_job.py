@@ -6,11 +6,13 @@ is shut down first.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,13 @@ def _free_port() -> int:
 
 
 def _run(args: list[str], timeout: int = 180, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+    """Run a command; a job submission that finds the head's job agent not up yet is retried."""
+    for _ in range(20):
+        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+        if "No available agent to submit job" not in r.stdout + r.stderr:
+            return r
+        time.sleep(3)
+    return r
 
 
 @pytest.mark.ray
@@ -65,6 +73,22 @@ def test_ray_job_submit_runs_an_audit_on_a_real_head(tmp_path: Path):
         assert "forward: 8 images, 0 rejected" in logs.stdout, logs.stdout[-3000:]
         assert "forward: " in logs.stdout + logs.stderr  # progress lines reach the job log
         assert read_table(tmp_path / "run", "references").num_rows == 8 * 3
+        # a driver killed mid-run (SIGKILL after its first shard) is resumed by re-submitting the job
+        spec2 = tmp_path / "spec2.yaml"
+        spec2.write_text(spec.read_text().replace(str(tmp_path / "run"), str(tmp_path / "run2")))
+        killed = _run([RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+                       "--runtime-env-json", json.dumps({"env_vars": {"NEURODIS_FAULT_KILL_DRIVER_AFTER": "1"}}),
+                       "--", "neurodis", "audit", str(spec2)], timeout=300, env=env, cwd=ROOT)
+        assert killed.returncode != 0
+        manifests = tmp_path / "run2" / "_manifests" / "forward"
+        done_before = len(list(manifests.glob("shard-*.json")))
+        assert done_before >= 1 and not list(manifests.glob("merge.*.json"))  # killed mid-stage
+        again = _run([RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+                      "--", "neurodis", "audit", str(spec2)], timeout=300, env=env, cwd=ROOT)
+        assert again.returncode == 0, again.stdout[-2000:]
+        assert f"{2 - done_before} shards computed this run" in again.stdout, again.stdout[-2000:]
+        for t in ("references", "neurons", "activations", "images"):
+            assert read_table(tmp_path / "run", t).equals(read_table(tmp_path / "run2", t)), t
         # the uploaded working dir holds the project but not the virtualenv (nor anything .gitignore'd)
         listing = _run([RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
                         "python", "-c", "import os; print('LISTING', sorted(os.listdir('.')))"], env=env, cwd=ROOT)

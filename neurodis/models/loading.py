@@ -58,7 +58,11 @@ def build_architecture(cfg: ModelConfig) -> nn.Module:
     if cfg.arch not in names:
         raise SpecError(f"model.arch: unknown architecture {cfg.arch!r}{_did_you_mean(cfg.arch, names)}; "
                         "use a torchvision model name or 'package.module:callable'")
-    return torchvision.models.get_model(cfg.arch, weights=None)
+    # Random weights are seeded, so the driver (which hashes them) and every worker hold the same
+    # model; audit a trained model by passing model.checkpoint.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torchvision.models.get_model(cfg.arch, weights=None)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,3 +45,32 @@ class TinyCNN(nn.Module):
 
 def tiny_cnn() -> TinyCNN:
     return TinyCNN()
+
+
+class ToyEmbedder:
+    """A weightless image + text embedder for smoke runs and tests (``embed.embedder:
+    neurodis.models.tiny:ToyEmbedder``): images -> the L2-normalised 4x4x4 RGB histogram, texts ->
+    a unit vector seeded by the text's CRC32. Deterministic; it says nothing about semantics."""
+
+    bins = 4
+
+    @property
+    def name(self) -> str:
+        return "toy"
+
+    @property
+    def dim(self) -> int:
+        return self.bins ** 3
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(images), self.dim), np.float32)
+        for i, img in enumerate(images):
+            q = (np.asarray(img, np.uint16)[..., :3] * self.bins // 256).reshape(-1, 3)
+            h = np.bincount((q[:, 0] * self.bins + q[:, 1]) * self.bins + q[:, 2], minlength=self.dim).astype(np.float32)
+            out[i] = h / max(float(np.linalg.norm(h)), 1e-12)
+        return out
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim) for t in texts]) \
+            if texts else np.zeros((0, self.dim))
+        return (out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)

@@ -141,6 +141,15 @@ def run_forward(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: b
 STAGE_DRIVERS = {"forward": run_forward}
 
 
+# ---- PURE (issue 4) ------------------------------------------------------------------------------
+def run_pure(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
+    from neurodis.orchestration.pure_driver import drive_pure
+
+    return drive_pure(spec, layout, runner, overwrite, _collect, _progress, _gpu_resources)
+
+
+STAGE_DRIVERS["pure"] = run_pure
+# ---- end PURE ------------------------------------------------------------------------------------
 
 
 # ---- Embedding + PSI (issue 5) -------------------------------------------------------------------
@@ -159,6 +168,17 @@ def run_psi(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool)
 STAGE_DRIVERS["embed"] = run_embed
 STAGE_DRIVERS["psi"] = run_psi
 # ---- end Embedding + PSI -------------------------------------------------------------------------
+
+
+# ---- Linear Explanations (issue 6) ---------------------------------------------------------------
+def run_explain(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
+    from neurodis.orchestration.explain_driver import drive_explain
+
+    return drive_explain(spec, layout, runner, overwrite)
+
+
+STAGE_DRIVERS["explain"] = run_explain
+# ---- end Linear Explanations ---------------------------------------------------------------------
 
 
 def run_audit(spec: AuditSpec, out: str | Path | None = None, runner: Runner | None = None,
@@ -206,6 +226,19 @@ def stage_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
             expected = ["images"] + [forward.shard_unit(i) for i in range(math.ceil(n / spec.forward.shard_size))]
             layers = _status_layers(spec)
             expected += [forward.merge_unit(p) for p in layers]
+        elif stage == "pure":  # three steps, each with its own manifests
+            from neurodis.orchestration.pure_driver import pure_status
+
+            expected, _ = pure_status(spec, layout)
+            units = {u: m for step in ("pure", "pure-cluster", "pure-index") for u, m in committed(layout, step).items()}
+        elif stage in ("embed", "psi"):  # embed's image shards may live in a shared cache
+            from neurodis.orchestration.embed_psi import status_units
+
+            expected, units = status_units(stage, spec, layout)
+        elif stage == "explain":  # Linear Explanations: three manifest namespaces
+            from neurodis.orchestration.explain_driver import explain_status
+
+            expected, units = explain_status(spec, layout)
         else:  # pragma: no cover - later stages register here
             expected = list(units)
         pending = [u for u in expected if u not in units]

@@ -1,0 +1,55 @@
+"""zennit LRP composites as context managers that always restore the model.
+
+Traps (METHODS.md §2): zennit >= 0.5 takes ``epsilon`` as a composite's first positional argument, so
+canonizers are always passed by keyword. ``EpsilonPlusFlat`` gives the *first* conv/linear of the module
+it is registered on the flat rule: right for a whole model explained down to the input, wrong on a
+sub-network (there ``EpsilonPlus`` is used). zennit's ``ResNetCanonizer`` matches torchvision's
+``BasicBlock``/``Bottleneck`` only; other nets get ``SequentialMergeBatchNorm`` (which is a no-op
+without batch norms). Residual sums written as ``a + b`` in a ``forward`` are invisible to zennit: such
+nets do not conserve relevance; write the sum as ``zennit.layer.Sum`` (as the testbed does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from torch import nn
+
+COMPOSITES = ("epsilon_plus", "epsilon_plus_flat")
+
+
+def canonizers_for(module: nn.Module) -> list[Any]:
+    """zennit canonizers for a model or sub-network: ``ResNetCanonizer`` when it holds torchvision
+    ResNet blocks, else ``SequentialMergeBatchNorm``."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetCanonizer
+
+    if any(isinstance(m, (BasicBlock, Bottleneck)) for m in module.modules()):
+        return [ResNetCanonizer()]
+    return [SequentialMergeBatchNorm()]
+
+
+def make_composite(name: str, canonizers: Sequence[Any] | None) -> Any:
+    from zennit.composites import EpsilonPlus, EpsilonPlusFlat
+
+    if name == "epsilon_plus":
+        return EpsilonPlus(canonizers=list(canonizers or []))
+    if name == "epsilon_plus_flat":
+        return EpsilonPlusFlat(canonizers=list(canonizers or []))
+    raise ValueError(f"unknown LRP composite {name!r}; known: {list(COMPOSITES)}")
+
+
+@contextlib.contextmanager
+def lrp(module: nn.Module, composite: str = "epsilon_plus", canonizers: Sequence[Any] | None = None
+        ) -> Iterator[nn.Module]:
+    """Register an LRP composite (with canonizers, default ``canonizers_for(module)``) on ``module``;
+    hooks and canonizers are removed on exit, also after an exception (or a failed registration)."""
+    comp = make_composite(composite, canonizers_for(module) if canonizers is None else canonizers)
+    try:
+        comp.register(module)
+        yield module
+    finally:
+        comp.remove()
