@@ -297,7 +297,9 @@ def embedder_plans(spec: AuditSpec, layout: RunLayout, records: Sequence[ProbeRe
         sub = dataclasses.replace(spec.embed, embedder=name, checkpoint=checkpoint, targets=("images", "texts"),
                                   calibration=cal)  # type: ignore[arg-type]
         aux = RunLayout(layout.root / "_le_embed" / safe_name(name), layout.cache)
-        plan, _ = embed.plan_embed(dataclasses.replace(spec, embed=sub), aux)
+        # this side-embedding needs images and texts only: plan it as an audit without PSI
+        side = dataclasses.replace(spec, embed=sub, stages=tuple(st for st in spec.stages if st != "psi"))
+        plan, _ = embed.plan_embed(side, aux)
         concepts = tuple(sorted(exposed | set(fit_on)))
         h = stable_hash(plan.config_hash, LE_SET, concepts, fit_on, cal)
         plan = dataclasses.replace(plan, config_hash=h, concept_set=LE_SET, concepts=concepts)
