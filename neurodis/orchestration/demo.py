@@ -58,7 +58,8 @@ def demo_spec(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         "pure": {"n_ref": cfg.n_ref, "layers": [PLANTED_LAYER], "k": [2], "crops": False},
         "embed": {"embedder": "oracle-a", "concepts": "testbed"},
         "psi": {"top_k": cfg.psi_top_k, "n_null": cfg.n_null},
-        "explain": {"explainer": "label", "simulator": "oracle-b"},
+        # the planted layer: its head follows global pooling, so ablations take the exact fast path
+        "explain": {"explainer": "label", "simulator": "oracle-b", "layers": [PLANTED_LAYER]},
     }
     for stage, section in optional.items():
         if stage in stages:
@@ -172,7 +173,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, runner: Runner | No
     world = WorldConfig(n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.probe_seed)
     write_imagefolder(world, out / "probe")
     spec = spec_from_dict(demo_spec(cfg, out))
-    summary = run_audit(spec, runner=runner)
+    summary = run_audit(spec, runner=runner, overwrite=True)  # the demo's folder is its own: recompute stale stages
     card = build_scorecard(out, testbed_dir, list(spec.stages), read_metadata(out / "probe"), world)
     card["seconds"] = round(time.time() - t0, 1)
     write_json_atomic(card, out / "scorecard.json")
