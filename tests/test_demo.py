@@ -1,0 +1,32 @@
+"""`neurodis demo` end to end on a small configuration: every method that exists is scored against
+the planted truth; the scorecard's top level is fixed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from neurodis.orchestration.demo import DemoConfig, render_scorecard, run_demo
+from neurodis.orchestration.runners import LocalRunner
+
+
+def test_demo_small_end_to_end(tmp_path: Path):
+    cfg = DemoConfig(n_images=240, n_ref=20, psi_top_k=20, n_null=5)
+    result = run_demo(tmp_path / "demo", cfg, LocalRunner())
+    card = json.loads((tmp_path / "demo" / "scorecard.json").read_text())
+    assert card == json.loads(json.dumps(result["scorecard"]))
+    assert {"testbed", "pure", "psi", "le", "patch_swap"} <= set(card)
+    assert card["testbed"]["detector_auroc_min"] >= 0.95
+    assert card["testbed"]["embedder_auroc_min"] >= 0.95
+    assert card["patch_swap"]["status"] == "absent" and "ari_pure" not in card["patch_swap"]
+    # the forward stage's references of planted neurons show their concepts
+    assert card["forward"]["reference_precision"]["mono_mean"] >= 0.9
+    for key, fields in (("pure", ("ari_pure", "ari_activation")), ("psi", ("auroc_poly_vs_mono",)),
+                        ("le", ("precision", "recall", "test_corr"))):
+        section = card[key]
+        assert section.get("status") not in ("error",), (key, section)
+        if section.get("status") != "absent":
+            assert all(isinstance(section[f], (int, float)) for f in fields), (key, section)
+    assert card["pure"]["ari_pure"] > card["pure"]["ari_activation"]
+    text = render_scorecard(card)
+    assert "patch_swap absent" in text and "pure" in text
