@@ -292,3 +292,39 @@ def test_channel_patch_replaces_one_channel_per_block(shape):
             keep = [c for c in range(x.shape[cdim]) if c != ch]
             assert torch.equal(got[keep], orig[keep])
     assert torch.equal(module(x), x)
+
+
+class _SkipAround(torch.nn.Module):
+    """``logits = fc(pool(inner(h) + h))``: the part above ``inner`` reads ``h`` from below it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.inner = torch.nn.Conv2d(4, 4, 1)
+        self.fc = torch.nn.Linear(4, 5)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.fc((self.inner(h) + h).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model,layer,truncated", [(tiny_cnn, "layer1", True), (_SkipAround, "inner", False)])
+def test_model_patcher_equals_patching_one_neuron_at_a_time(model, layer, truncated):
+    """Forward passes from the layer on (or from the input, when the upper part reads below the layer)
+    equal the reference hook patching, neuron by neuron."""
+    net = model().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    patcher = le_ablation.ModelPatcher(net, layer, lambda rows: x[torch.as_tensor(rows)], "cpu", 64, 3, n_rows=6)
+    channels = np.array([0, 2, 3])
+    values = torch.randn(6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = patcher.logits(np.arange(6), channels, values)
+    assert patcher.truncated is truncated
+    for j, ch in enumerate(channels.tolist()):
+        want = ref.patched_logits(net, x, layer, ch, values[:, j])
+        np.testing.assert_allclose(got[:, j].numpy(), want.double().numpy(), rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from neurodis import faults
 from neurodis.io.atomic import write_json_atomic, write_parquet_atomic
 from neurodis.io.layout import RunLayout
 
@@ -58,11 +59,13 @@ def commit_unit(layout: RunLayout, stage: str, unit: str, config_hash: str,
 
 def record_attempt(layout: RunLayout, stage: str, unit: str) -> int:
     """Count one more attempt at a unit (written before the work starts); returns the count.
-    After a worker death the driver reads these to name the unit that kept killing its worker."""
+    After a worker death the driver reads these to name the unit that kept killing its worker.
+    Fault-injection tests kill the worker here (:mod:`neurodis.faults`)."""
     path = layout.attempts_path(stage, unit)
     n = attempts(layout, stage, unit) + 1
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(n))
+    faults.at_unit_start(stage, unit)
     return n
 
 

@@ -61,23 +61,51 @@ class LocalRunner:
         return float(os.cpu_count() or 1)
 
 
+class _AttemptCounter:
+    """Ray actor owned by the driver: how often each item of one ``map_actors`` call has been started.
+    Ray Data restarts a dead worker and retries its item without bound; the adapters read this to stop
+    an item that keeps killing its worker (``retries`` + 1 attempts) and report it as failed."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def start(self, index: int) -> int:
+        self.counts[index] = self.counts.get(index, 0) + 1
+        return self.counts[index]
+
+
 class _ActorAdapter:
     """Ray Data callable class: builds the worker once per actor, runs one item per batch row."""
 
-    def __init__(self, factory: Callable[[], Any], method: str, threads: int) -> None:
+    def __init__(self, factory: Callable[[], Any], method: str, threads: int, counter: Any = None,
+                 retries: int = 3) -> None:
         import ray
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.worker = factory()
         self.method = method
+        self.counter, self.retries = counter, retries
         ctx = ray.get_runtime_context()
         self.placement = {"node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}
 
+    def _attempt(self, index: int) -> int:
+        import ray
+
+        return int(ray.get(self.counter.start.remote(index))) if self.counter is not None else 1
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         results = []
-        for b in batch["item"]:
-            r = getattr(self.worker, self.method)(pickle.loads(b))
+        for index, b in zip(batch["index"], batch["item"]):
+            item = pickle.loads(b)
+            n = self._attempt(int(index))
+            if n > self.retries + 1:
+                unit = getattr(item, "unit", f"item-{int(index)}")
+                r = {"unit": unit, "error": f"worker died on all {n - 1} attempts (the process exited while "
+                                            "running this unit: out of memory, a crash in native code, or a "
+                                            "lost node)"}
+            else:
+                r = getattr(self.worker, self.method)(item)
             r["placement"] = self.placement
             results.append(pickle.dumps(r))
         return {"result": results}
@@ -125,19 +153,21 @@ class RayRunner:
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ds = ray.data.from_items([{"item": pickle.dumps(it)} for it in items], override_num_blocks=len(items))
-        # A dead actor is restarted and its shard retried `retries` times; then the dataset fails
-        # and the driver reports the shards that never committed.
-        kwargs: dict[str, Any] = {"num_cpus": resources.cpus, "max_restarts": -1, "max_task_retries": self.retries}
-        if self.runtime_env:
-            kwargs["runtime_env"] = self.runtime_env
-        if resources.gpus:
-            kwargs["num_gpus"] = resources.gpus
-        out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method, resources.threads), batch_size=1,
-                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
-                             **kwargs)
-        for row in out.iter_rows():
-            yield pickle.loads(row["result"])
+        ds = ray.data.from_items([{"index": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
+                                 override_num_blocks=len(items))
+        # Ray Data restarts a dead actor and retries its item; the counter (owned by this driver) bounds
+        # that at `retries` retries, after which the item comes back as a failed unit and the others go on.
+        counter = self.ray.remote(num_cpus=0)(_AttemptCounter).remote()
+        out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method, resources.threads, counter,
+                                                                 self.retries),
+                             batch_size=1, batch_format="numpy",
+                             compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
+                             num_cpus=resources.cpus, num_gpus=resources.gpus or None, runtime_env=self.runtime_env)
+        try:
+            for row in out.iter_rows():
+                yield pickle.loads(row["result"])
+        finally:
+            self.ray.kill(counter)
 
     def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
                   resources: Resources) -> Iterator[dict[str, Any]]:

@@ -29,7 +29,7 @@ import torch
 from neurodis.config import AuditSpec, PreprocessConfig, stable_hash
 from neurodis.data.probe import ProbeRecord, fingerprint, list_probe_set
 from neurodis.io.layout import RunLayout
-from neurodis.io.manifest import commit_unit, committed
+from neurodis.io.manifest import commit_unit, committed, record_attempt
 from neurodis.io.tables import read_table
 from neurodis.kernels.elastic_net import elastic_net
 from neurodis.kernels.greedy import GreedyParams, GreedyResult, concept_order, greedy_search
@@ -489,6 +489,7 @@ def explain_layer(plan: ExplainPlan, explainer: str, layer: str) -> pa.Table:
 def explain_unit_task(plan: ExplainPlan, explainer: str, layer: str) -> dict[str, Any]:
     """CPU task: one (explainer, layer) -> ``explanations``, committed."""
     unit = layer_unit(explainer, layer)
+    record_attempt(plan.layout, STAGE, unit)
     try:
         table = explain_layer(plan, explainer, layer)
         status: dict[str, int] = {}

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,6 +75,10 @@ class ForwardPlan:
 class ShardTask:
     shard: int
     records: tuple[ProbeRecord, ...]
+
+    @property
+    def unit(self) -> str:
+        return shard_unit(self.shard)
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -163,21 +165,6 @@ def _device(plan: ForwardPlan) -> torch.device:
     return torch.device("cpu")
 
 
-def _maybe_inject_fault(shard: int) -> None:
-    """Test hook: ``NEURODIS_FAULT_EXIT_SHARD=k`` kills the worker process on shard k; with
-    ``NEURODIS_FAULT_MARKER=PATH`` only once (the marker file records that it fired), without it
-    every time (a persistent failure)."""
-    target = os.environ.get("NEURODIS_FAULT_EXIT_SHARD")
-    if target is None or int(target) != shard:
-        return
-    marker = os.environ.get("NEURODIS_FAULT_MARKER")
-    if marker:
-        if os.path.exists(marker):
-            return
-        Path(marker).write_text(str(shard))
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 class ForwardWorker:
     """Loads the model once; processes whole shards and commits them."""
 
@@ -232,7 +219,6 @@ class ForwardWorker:
 
     def run_shard(self, task: ShardTask) -> dict[str, Any]:
         record_attempt(self.plan.layout, STAGE, shard_unit(task.shard))
-        _maybe_inject_fault(task.shard)
         try:
             ids, summaries, rejects = self.summarize_shard(task.records)
             tables = self._shard_tables(task.shard, ids, summaries, rejects)

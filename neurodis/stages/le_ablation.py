@@ -85,24 +85,28 @@ class FastPatcher:
         return rank1_logits(self.base[r], self.q[r][:, c], self.w[:, c], values)
 
 
+def patch_channels(out: torch.Tensor, channels: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out`` holds ``G * B`` rows (block ``g`` = the image batch repeated for neuron ``channels[g]``);
+    channel ``channels[g]`` of row ``g * B + b`` becomes ``v[b, g]`` everywhere (space / tokens).
+    Differentiable in ``v``."""
+    b, g = v.shape
+    ch = channels.to(out.device).repeat_interleave(b)
+    cdim = 2 if out.dim() == 3 else 1  # tokens [N, T, C], else [N, C, ...]
+    shape = [g * b] + [1] * (out.dim() - 1)
+    shape[cdim] = out.shape[cdim]
+    onehot = torch.nn.functional.one_hot(ch, out.shape[cdim]).to(out.dtype).reshape(shape)
+    vals = v.T.reshape(-1).to(out.device, out.dtype).reshape([g * b] + [1] * (out.dim() - 1))
+    return out * (1 - onehot) + onehot * vals
+
+
 @contextlib.contextmanager
 def channel_patch(module: nn.Module, channels: torch.Tensor, values: Callable[[], torch.Tensor]) -> Iterator[None]:
-    """While active, ``module``'s output (a batch of ``len(channels) * B`` rows: block ``g`` is image batch
-    repeated for neuron ``channels[g]``) has channel ``channels[g]`` of every row in block ``g`` replaced by
-    ``values()[b, g]`` (broadcast over space / tokens). Differentiable in the values; always removed."""
+    """While active, ``module``'s output (``len(channels) * B`` rows) is patched by ``patch_channels``
+    with ``values()`` (``[B, G]``). The hook is always removed."""
     def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"explain: cannot patch a {type(out).__name__} module output; audit a tensor output")
-        v = values()  # [B, G]
-        b, g = v.shape
-        ch = channels.to(out.device).repeat_interleave(b)  # row g * B + i -> channel[g]
-        cdim = 2 if out.dim() == 3 else 1  # tokens [N, T, C], else [N, C, ...]
-        onehot = torch.nn.functional.one_hot(ch, out.shape[cdim]).to(out.dtype)
-        shape = [g * b] + [1] * (out.dim() - 1)
-        shape[cdim] = out.shape[cdim]
-        onehot = onehot.reshape(shape)
-        vals = v.T.reshape(-1).to(out.dtype).reshape([g * b] + [1] * (out.dim() - 1))
-        return out * (1 - onehot) + onehot * vals
+        return patch_channels(out, channels, values())
 
     handle = module.register_forward_hook(hook)
     try:
@@ -111,26 +115,84 @@ def channel_patch(module: nn.Module, channels: torch.Tensor, values: Callable[[]
         handle.remove()
 
 
+@contextlib.contextmanager
+def output_replaced(module: nn.Module, tensor: torch.Tensor) -> Iterator[None]:
+    """While active, ``module`` returns ``tensor`` (whatever its input's batch size)."""
+    handle = module.register_forward_hook(lambda _m, _i, _o: tensor)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class ModelPatcher:
-    """Forward passes with the layer patched; ``images(rows)`` gives the preprocessed input batch."""
+    """Forward passes from the layer on, with the layer patched; ``images(rows)`` gives the preprocessed
+    inputs. The layer's output for a tile of images is computed once (no grad, cached within a memory
+    budget) and repeated once per neuron; the modules above run on that batch while the modules below run
+    on a single stand-in image, whose output at the layer is replaced. That truncation is checked once
+    against a plain forward pass of repeated images (a model whose upper part reads anything computed below
+    the layer other than its output fails the check) and otherwise not used."""
 
     def __init__(self, model: nn.Module, layer: str, images: Callable[[np.ndarray], torch.Tensor], device: str,
-                 batch_size: int, n_channels: int) -> None:
-        self.model, self.module = model, dict(model.named_modules())[layer]
+                 batch_size: int, n_channels: int, n_rows: int = 2, cache_bytes: int = 1 << 30) -> None:
+        self.model, self.layer, self.module = model, layer, dict(model.named_modules())[layer]
         self.images, self.device = images, device
         self.tile = max(1, batch_size // max(1, n_channels))
+        self.cache: dict[bytes, torch.Tensor] = {}
+        self.cache_bytes = cache_bytes
+        self.truncated: bool | None = None if n_rows >= 2 else False  # the check needs two different images
 
     def base_logits(self, rows: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
             return self.model(self.images(rows).to(self.device)).double().cpu()
 
-    def logits(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+    def _lower(self, rows: np.ndarray) -> torch.Tensor:
+        from neurodis.models.subnet import capture
+
+        key = rows.tobytes()
+        a = self.cache.get(key)
+        if a is None:
+            a = capture(self.model, self.images(rows).to(self.device), self.layer)
+            used = sum(t.numel() * t.element_size() for t in self.cache.values())
+            if used + a.numel() * a.element_size() <= self.cache_bytes:
+                self.cache[key] = a
+        return a
+
+    def _full(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
         x = self.images(rows).to(self.device)
-        g = len(channels)
         vals = values.to(self.device)
         with channel_patch(self.module, torch.as_tensor(channels), lambda: vals):
-            out = self.model(x.repeat(g, *([1] * (x.dim() - 1))))
-        return out.reshape(g, len(rows), -1).transpose(0, 1).double().cpu()
+            return self.model(x.repeat(len(channels), *([1] * (x.dim() - 1))))
+
+    def _upper(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+        a = self._lower(rows)
+        patched = patch_channels(a.repeat(len(channels), *([1] * (a.dim() - 1))), torch.as_tensor(channels),
+                                 values.to(self.device))
+        with output_replaced(self.module, patched):
+            out: torch.Tensor = self.model(self.images(rows[:1]).to(self.device))
+        return out
+
+    def _check(self, channels: np.ndarray) -> bool:
+        g = torch.Generator().manual_seed(0)
+        r, ch = np.arange(2), channels[:2]
+        v = torch.randn(len(r), len(ch), generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            full = self._full(r, ch, v)
+            try:
+                upper = self._upper(r, ch, v)
+            except Exception:  # noqa: BLE001 - any failure means: not truncatable
+                return False
+        ok = upper.shape == full.shape and torch.allclose(upper, full, rtol=1e-4,
+                                                          atol=1e-5 * (1.0 + float(full.abs().max())))
+        log.info("explain: layer %s: forward passes %s", self.layer,
+                 "from the layer on" if ok else "from the input (the upper part reads more than the layer's output)")
+        return ok
+
+    def logits(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+        if self.truncated is None:
+            self.truncated = self._check(channels)
+        out = self._upper(rows, channels, values) if self.truncated else self._full(rows, channels, values)
+        return out.reshape(len(channels), len(rows), -1).transpose(0, 1).double().cpu()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -480,12 +542,14 @@ class AblationWorker:
     def factory(self, layer: str) -> PatcherFactory:
         def make(ids: np.ndarray, _q: np.ndarray, kc: int) -> Patcher:
             return ModelPatcher(self.model, layer, lambda rows: self.bank.batch(ids[rows]), self.device,
-                                self.plan.spec.explain.batch_size, kc)
+                                self.plan.spec.explain.batch_size, kc, n_rows=len(ids))
         return make
 
     def run(self, task: BlockTask) -> dict[str, Any]:
+        from neurodis.io.manifest import record_attempt
         from neurodis.stages.explain import ABLATION_STEP, TI_STEP
 
+        record_attempt(self.plan.layout, ABLATION_STEP if task.kind == "ablation" else TI_STEP, task.unit)
         try:
             if task.kind == "ablation":
                 table = ablation_block(self.plan, task.explainer, task.layer, task.start, task.stop,

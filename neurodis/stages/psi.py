@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 
 from neurodis.config import AuditSpec, stable_hash
 from neurodis.io.layout import RunLayout
-from neurodis.io.manifest import commit_unit, committed
+from neurodis.io.manifest import commit_unit, committed, record_attempt
 from neurodis.io.tables import read_table
 from neurodis.kernels.psi import PsiBatch, PsiParams, psi_batch, randomised_neuron
 from neurodis.schemas import PSI, PSI_DEPTH, PSI_LAYERS, PSI_NULLS, SCHEMA_VERSION
@@ -265,6 +265,7 @@ def score_neurons(plan: PsiPlan, layer: str, start: int, stop: int, null: bool =
 def score_block(plan: PsiPlan, layer: str, start: int, stop: int) -> dict[str, Any]:
     """CPU task: one block of neurons -> ``psi`` rows, committed."""
     unit = block_unit(layer, start)
+    record_attempt(plan.layout, STAGE, unit)
     try:
         table = score_neurons(plan, layer, start, stop)
         counts = _status_counts(table)
@@ -278,6 +279,7 @@ def score_block(plan: PsiPlan, layer: str, start: int, stop: int) -> dict[str, A
 def score_nulls(plan: PsiPlan, layer: str) -> dict[str, Any]:
     """CPU task: the layer's null neurons -> ``psi_nulls`` rows, committed."""
     unit = nulls_unit(layer)
+    record_attempt(plan.layout, STAGE, unit)
     try:
         table = score_neurons(plan, layer, 0, plan.spec.psi.null_neurons, null=True)
         counts = _status_counts(table)

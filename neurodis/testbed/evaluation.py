@@ -116,7 +116,7 @@ def summarise(report: Mapping[str, Any]) -> dict[str, float]:
     poly = [p["top_exactly_one"] for p in planted if p["kind"] == "poly"]
     return {
         "head_accuracy": float(report["head_accuracy"]),
-        "min_detector_auroc": float(min(report["detector_auroc"].values())),
-        "min_linear_corr": float(min(lin)) if lin else float("nan"),
-        "min_poly_top_exactly_one": float(min(poly)) if poly else float("nan"),
+        "min_detector_auroc": float(np.nanmin(list(report["detector_auroc"].values()))),
+        "min_linear_corr": float(np.nanmin(lin)) if lin else float("nan"),
+        "min_poly_top_exactly_one": float(np.nanmin(poly)) if poly else float("nan"),
     }

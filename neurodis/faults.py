@@ -1,0 +1,38 @@
+"""Fault injection for the fault-tolerance tests, driven by environment variables that a runner passes
+to its workers (``RayRunner(env_vars=...)`` or a job's runtime environment). Unset, nothing happens.
+
+- ``NEURODIS_FAULT_EXIT_UNIT=PATTERN[,PATTERN...]``: a worker process that starts a unit whose
+  ``stage/unit`` name matches a shell pattern (``forward/shard-00001``, ``pure/*``,
+  ``explain-ablation/*``) is killed with SIGKILL, as a crashed GPU worker would be. With
+  ``NEURODIS_FAULT_MARKER=DIR`` each pattern fires once (``DIR/<i>`` records the unit that died for
+  pattern ``i``); without it, on every attempt (a persistent failure).
+- ``NEURODIS_FAULT_KILL_DRIVER_AFTER=N`` (read by the audit driver): SIGKILL the driver after N units.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import signal
+from pathlib import Path
+
+
+def at_unit_start(stage: str, unit: str) -> None:
+    """Called by every worker when it starts a unit, after its attempt is recorded."""
+    patterns = os.environ.get("NEURODIS_FAULT_EXIT_UNIT")
+    if not patterns:
+        return
+    name = f"{stage}/{unit}"
+    for i, pattern in enumerate(p.strip() for p in patterns.split(",")):
+        if not pattern or not fnmatch.fnmatchcase(name, pattern):
+            continue
+        marker = os.environ.get("NEURODIS_FAULT_MARKER")
+        if marker:
+            Path(marker).mkdir(parents=True, exist_ok=True)
+            try:  # exclusive create: of several workers racing for one pattern, one dies
+                fd = os.open(Path(marker) / str(i), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(name)
+        os.kill(os.getpid(), signal.SIGKILL)
