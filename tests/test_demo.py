@@ -30,3 +30,18 @@ def test_demo_small_end_to_end(tmp_path: Path):
     assert card["pure"]["ari_pure"] > card["pure"]["ari_activation"]
     text = render_scorecard(card)
     assert "patch_swap absent" in text and "pure" in text
+
+
+def test_jobs_testbed_yaml_runs_what_the_demo_runs(tmp_path: Path):
+    """The shipped job spec and the demo audit the same layers with the same stage settings."""
+    import yaml
+
+    from neurodis.config import spec_from_dict
+    from neurodis.orchestration.demo import demo_spec
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "jobs" / "testbed.yaml").read_text())
+    demo = demo_spec(DemoConfig(), tmp_path)
+    a, b = spec_from_dict({**shipped, "output": str(tmp_path)}), spec_from_dict(demo)
+    assert a.model == b.model and a.layers == b.layers and a.stages == b.stages
+    for section in ("forward", "pure", "embed", "psi", "explain"):
+        assert getattr(a, section) == getattr(b, section), section

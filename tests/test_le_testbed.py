@@ -49,9 +49,10 @@ def test_planted_neurons_of_a_hand_wired_world_model(tmp_path):
 @pytest.mark.slow
 def test_planted_neurons_of_the_trained_testbed_model(tmp_path):
     from neurodis.testbed.model import build_testbed
+    from neurodis.testbed.truth import label_aliases
 
     truth = build_testbed()
     run_audit(spec_for("neurodis.testbed.model:load_testbed_model", "layer3", tmp_path / "run", 3000),
               runner=LocalRunner())
-    card = score_against_truth(tmp_path / "run", truth)
+    card = score_against_truth(tmp_path / "run", truth, aliases=label_aliases())
     check(card)

@@ -59,7 +59,7 @@ def demo_spec(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         "embed": {"embedder": "oracle-a", "concepts": "testbed"},
         "psi": {"top_k": cfg.psi_top_k, "n_null": cfg.n_null},
         # the planted layer: its head follows global pooling, so ablations take the exact fast path
-        "explain": {"explainer": "label", "simulator": "oracle-b", "layers": [PLANTED_LAYER]},
+        "explain": {"explainers": ["label", "oracle-a"], "simulator": "oracle-b", "layers": [PLANTED_LAYER]},
     }
     for stage, section in optional.items():
         if stage in stages:
@@ -134,6 +134,8 @@ def embedder_auroc(world: Any, n: int = 400) -> dict[str, Any]:
 
 def build_scorecard(run: Path, testbed_dir: Path, spec_stages: list[str], metadata: list[dict[str, Any]],
                     world: Any) -> dict[str, Any]:
+    from neurodis.testbed.truth import label_aliases
+
     truth = json.loads((testbed_dir / "ground_truth.json").read_text())
     report = json.loads((testbed_dir / "report.json").read_text())
     summary = report.get("summary", {})
@@ -153,7 +155,7 @@ def build_scorecard(run: Path, testbed_dir: Path, spec_stages: list[str], metada
             card[key] = _absent(f"stage {stage!r} is not part of this build")
             continue
         try:
-            card[key] = scorer(run, truth)
+            card[key] = scorer(run, truth, aliases=label_aliases()) if key == "le" else scorer(run, truth)
         except Exception as e:  # noqa: BLE001 - one method's scoring failure never loses the scorecard
             log.exception("scoring %s failed", key)
             card[key] = {"status": "error", "error": f"{type(e).__name__}: {e}"}

@@ -34,6 +34,15 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def label_aliases() -> dict[str, str]:
+    """Label names that denote one concept of the world: a shape superclass (``squares``: the main
+    object is a square) names that shape. Colour superclasses (``warm colours``) group several concepts
+    and have no alias."""
+    from neurodis.testbed.world import SHAPE_SUPERCLASS
+
+    return {sup: shape for shape, sup in SHAPE_SUPERCLASS.items()}
+
+
 def planted_neurons(gt: Mapping[str, Any], kind: str | None = None) -> list[dict[str, Any]]:
     """The planted neurons, optionally only one kind ("mono", "poly", "linear")."""
     return [n for n in gt["neurons"] if kind is None or n["kind"] == kind]
