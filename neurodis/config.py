@@ -94,8 +94,8 @@ class DataConfig:
             raise SpecError("data.root: an imagefolder probe set needs the folder path (data.root)")
         if self.kind == "manifest" and not (self.manifest or self.root):
             raise SpecError("data.manifest: a manifest probe set needs the CSV/Parquet file path (data.manifest)")
-        if self.n_images <= 0 or self.image_size < 16:
-            raise SpecError("data: n_images must be > 0 and image_size >= 16")
+        if self.n_images <= 0 or self.image_size < 32:
+            raise SpecError("data: the synthetic world needs n_images > 0 and image_size >= 32")
         if self.limit is not None and self.limit <= 0:
             raise SpecError("data.limit must be a positive number of images (or left out)")
 

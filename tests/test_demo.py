@@ -45,3 +45,13 @@ def test_jobs_testbed_yaml_runs_what_the_demo_runs(tmp_path: Path):
     assert a.model == b.model and a.layers == b.layers and a.stages == b.stages
     for section in ("forward", "pure", "embed", "psi", "explain"):
         assert getattr(a, section) == getattr(b, section), section
+
+
+def test_demo_probe_set_of_another_size_is_replaced(tmp_path: Path):
+    from neurodis.orchestration.demo import write_probe
+    from neurodis.testbed.world import WorldConfig, read_metadata
+
+    probe = tmp_path / "demo" / "probe"
+    write_probe(WorldConfig(n_images=6, image_size=32, seed=5), probe)
+    write_probe(WorldConfig(n_images=9, image_size=32, seed=5), probe)
+    assert len(read_metadata(probe)) == 9 and len(list(probe.rglob("*.png"))) == 9

@@ -251,3 +251,10 @@ def test_concurrent_builders_train_once(tmp_path, monkeypatch) -> None:
 def test_build_refuses_other_image_sizes(tmp_path) -> None:
     with pytest.raises(ValueError, match="64px"):
         build_testbed(world=WorldConfig(image_size=48), cache_dir=tmp_path)
+
+
+def test_cache_key_follows_code_not_docstrings() -> None:
+    code = "def f(x):\n    return x + 1\n"
+    documented = '"""A module."""\n# a comment\ndef f(x):\n    """Add one."""\n    return x + 1\n'
+    assert tbmodel._code_only(code) == tbmodel._code_only(documented)
+    assert tbmodel._code_only(code) != tbmodel._code_only(code.replace("+ 1", "+ 2"))

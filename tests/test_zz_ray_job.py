@@ -1,7 +1,9 @@
-"""A real `ray start --head`, `ray job submit --working-dir .`, `ray job logs`, `ray stop`.
+"""A real `ray start --head`, `ray job submit --working-dir .`, `ray job logs`, and a stop of that head.
 
-Named to run last: `ray stop` ends every Ray process of this user, so the session's shared cluster
-is shut down first.
+The head runs in the foreground (`ray start --block`) in its own process group with its own temp dir,
+and is stopped by signalling that group and then any process left that names the temp dir: other Ray
+instances of the user on the machine (a `make demo` beside the tests) are left alone, unlike
+`ray stop`. The session's shared cluster is shut down first (a driver holds one Ray at a time).
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +46,40 @@ def _run(args: list[str], timeout: int = 180, **kw) -> subprocess.CompletedProce
     return r
 
 
+def _processes_naming(text: str) -> list[int]:
+    """Pids whose command line contains ``text`` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _stop_head(head: subprocess.Popen, temp_dir: str) -> list[int]:
+    """Stop this test's head only; returns the pids that had to be killed after the group signal."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    deadline = time.time() + 15
+    while (left := _processes_naming(temp_dir)) and time.time() < deadline:
+        time.sleep(1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
 @pytest.mark.ray
 def test_ray_job_submit_runs_an_audit_on_a_real_head(tmp_path: Path):
     import ray
@@ -60,10 +99,19 @@ def test_ray_job_submit_runs_an_audit_on_a_real_head(tmp_path: Path):
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # an activated venv
     gcs, dash = _free_port(), _free_port()
-    started = _run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
-                    "--include-dashboard=true", "--disable-usage-stats"], env=env)
-    assert started.returncode == 0, started.stderr[-2000:]
+    temp_dir = tempfile.mkdtemp(prefix="ndray-", dir="/tmp")  # short: Ray's socket paths live under it
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
+                             "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats",
+                             f"--temp-dir={temp_dir}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        up = _run([RAY, "status", f"--address=127.0.0.1:{gcs}"], env=env)
+        for _ in range(30):
+            if up.returncode == 0 or head.poll() is not None:
+                break
+            time.sleep(2)
+            up = _run([RAY, "status", f"--address=127.0.0.1:{gcs}"], env=env)
+        assert up.returncode == 0 and head.poll() is None, (up.stdout + up.stderr)[-2000:]
         address = f"http://127.0.0.1:{dash}"
         sub = _run([RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
                     "--", "neurodis", "audit", str(spec)], timeout=300, env=env, cwd=ROOT)
@@ -100,5 +148,6 @@ def test_ray_job_submit_runs_an_audit_on_a_real_head(tmp_path: Path):
         refused = _run([RAY, "job", "list", "--address", address], env=no_token)
         assert refused.returncode != 0 and "uthenticat" in refused.stdout + refused.stderr
     finally:
-        stopped = _run([RAY, "stop", "--force"], env=env)
-        assert stopped.returncode == 0
+        _stop_head(head, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not _processes_naming(temp_dir)  # nothing of this head is left running

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,9 @@ def reference_precision(run: Path, truth: dict[str, Any], metadata: list[dict[st
 
 def embedder_auroc(world: Any, n: int = 400) -> dict[str, Any]:
     """Per-concept AUROC of text-image cosine similarity for both oracle embedders, measured here on
-    held-out probe images (whole images, every concept) and on crops (the primary object's box: its
-    colour, shape and texture; a tight box shows too little background to count it as visible); the
-    minimum over concepts and embedders."""
+    held-out probe images (whole images, every concept) and on crops (the primary object's box, where no
+    other object reaches into it: its colour, shape and texture; a tight box shows too little background
+    to count it as visible); the minimum over concepts and embedders."""
     from sklearn.metrics import roc_auc_score
 
     from neurodis.testbed.embedders import oracle_a, oracle_b
@@ -112,12 +113,13 @@ def embedder_auroc(world: Any, n: int = 400) -> dict[str, Any]:
 
     samples = [render(world, i) for i in range(min(n, world.n_images))]
     crops, crop_concepts = [], []
-    for s in samples:
-        objs = [c for c in s.concepts if "background" not in c]
-        for c in objs[:1]:
-            x0, y0, x1, y1 = s.boxes[c]
-            crops.append(s.image[y0:y1, x0:x1])
-            crop_concepts.append({k for k in objs if s.boxes[k] == s.boxes[c]})
+    for s in samples:  # the primary object's box, unless another object's box reaches into it
+        primary, others = s.objects[0], s.objects[1:]
+        x0, y0, x1, y1 = primary.box
+        if any(o.box[0] < x1 and x0 < o.box[2] and o.box[1] < y1 and y0 < o.box[3] for o in others):
+            continue
+        crops.append(s.image[y0:y1, x0:x1])
+        crop_concepts.append(set(primary.concepts))
     out: dict[str, Any] = {}
     for emb in (oracle_a(), oracle_b()):
         t = emb.embed_texts(list(CONCEPTS))
@@ -163,17 +165,29 @@ def build_scorecard(run: Path, testbed_dir: Path, spec_stages: list[str], metada
     return card
 
 
+def write_probe(world: Any, probe: Path) -> Path:
+    """Write the demo's probe set; one of another world in the demo's own folder (an earlier run with
+    another ``--images``) is replaced, where a user's folder would be refused."""
+    from neurodis.testbed.world import write_imagefolder
+
+    marker = probe / "world.json"
+    if marker.is_file() and json.loads(marker.read_text()) != world.to_json():
+        log.info("demo: %s holds another world; writing this one in its place", probe)
+        shutil.rmtree(probe)
+    return write_imagefolder(world, probe)
+
+
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, runner: Runner | None = None) -> dict[str, Any]:
     """Build (or reuse) the testbed, write the held-out probe set, audit it, score it."""
     from neurodis.testbed.model import build_testbed
-    from neurodis.testbed.world import WorldConfig, read_metadata, write_imagefolder
+    from neurodis.testbed.world import WorldConfig, read_metadata
 
     cfg = cfg or DemoConfig()
     out = Path(out)
     t0 = time.time()
     testbed_dir = build_testbed()  # the model `load_testbed_model` serves (cached; $NEURODIS_CACHE)
     world = WorldConfig(n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.probe_seed)
-    write_imagefolder(world, out / "probe")
+    write_probe(world, out / "probe")
     spec = spec_from_dict(demo_spec(cfg, out))
     summary = run_audit(spec, runner=runner, overwrite=True)  # the demo's folder is its own: recompute stale stages
     card = build_scorecard(out, testbed_dir, list(spec.stages), read_metadata(out / "probe"), world)

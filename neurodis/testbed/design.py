@@ -5,9 +5,10 @@ layer (``layer3``) gets three kinds of neurons, each wired only from detector ch
 
 - ``mono``: one concept;
 - ``poly``: an OR (a max, not a sum) of two or three concepts, each through its own detector channel.
-  The default world never shows two concepts of one OR-neuron together (``WorldConfig.exclusions``;
-  two values of one attribute can still appear on two objects), so its top images show one concept or
-  another. The third concept of a 3-way OR must have a mono neuron
+  The default world never puts two concepts of one OR-neuron on one object, nor an object concept
+  of it in the same image as a background concept of it (``WorldConfig.exclusions``); two object
+  concepts can still meet on two different objects (a few percent of images), so its top images
+  mostly show one concept or another. The third concept of a 3-way OR must have a mono neuron
   (the OR of the first two is max-ed with that mono neuron in ``layer3``'s second block);
 - ``linear``: mean activation = sum of known weights times concept presence.
 

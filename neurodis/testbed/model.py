@@ -14,6 +14,7 @@ Audit specs name the model as ``model: {arch: "neurodis.testbed.model:load_testb
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import fcntl
@@ -66,11 +67,24 @@ def default_cache_dir() -> Path:
 _BUILD_MODULES = ("world.py", "design.py", "net.py", "training.py", "evaluation.py", "model.py")
 
 
+def _code_only(source: str) -> str:
+    """The module's syntax tree without docstrings (comments are not in it): edits to the prose of the
+    testbed do not invalidate cached models, edits to its code do."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def source_digest() -> str:
     """Digest of the testbed code that determines a build, so an edited testbed never reuses a stale cache."""
     h = hashlib.sha256()
     for name in _BUILD_MODULES:
-        h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+        h.update(name.encode() + b"\0" + _code_only((Path(__file__).parent / name).read_text()).encode())
     return h.hexdigest()[:16]
 
 
