@@ -96,7 +96,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:  # Linear Explanations (issue 6)
+def cmd_explain(args: argparse.Namespace) -> int:  # Linear Explanations
     from neurodis.stages.explain_report import explain_report
 
     print(explain_report(args.run_dir, args.neuron, top=args.top), end="")

@@ -138,7 +138,7 @@ class ResourcesConfig:
             raise SpecError("resources.cpus_per_worker must be >= 0")
 
 
-# ---- PURE (issue 4) -----------------------------------------------------------------------------
+# ---- PURE -----------------------------------------------------------------------------
 PureRule = Literal["grad_x_act", "lrp_epsilon_plus"]
 PureStart = Literal["all", "argmax"]
 HeatmapComposite = Literal["epsilon_plus_flat", "epsilon_plus"]
@@ -220,7 +220,7 @@ class PureConfig:
 # ---- end PURE -------------------------------------------------------------------------------------
 
 
-# ---- Embedding + PSI (issue 5) ------------------------------------------------------------------
+# ---- Embedding + PSI ------------------------------------------------------------------
 EmbedTarget = Literal["images", "patches", "texts"]
 SNullMode = Literal["gaussian", "row_rotation", "paper_rotation"]
 DNullMode = Literal["random_partition", "reference", "paper_shuffle"]
@@ -331,7 +331,7 @@ def _check_embed_psi(spec: AuditSpec) -> None:
 # ---- end Embedding + PSI ----------------------------------------------------------------------------
 
 
-# ---- Linear Explanations (issue 6) ---------------------------------------------------------------
+# ---- Linear Explanations ---------------------------------------------------------------
 STAGE_ORDER = STAGE_ORDER + ("explain",)
 RankBy = Literal["weight", "abs_weight"]
 AblationMethod = Literal["optim", "norm"]

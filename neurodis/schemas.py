@@ -119,7 +119,7 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, ACTIVATIONS, REFEREN
                                                      NEURON_DIFF)}
 
 
-# ---- PURE (issue 4): steps "pure" (attributions, crops), "pure-cluster" (k-means, evaluation) -----
+# ---- PURE: steps "pure" (attributions, crops), "pure-cluster" (k-means, evaluation) -----
 PURE_ATTRIBUTIONS = _spec("pure_attributions", "pure", ("layer", "channel", "rank"),
                           "Per neuron and reference: the signed, L1-normalised attribution over the channels of "
                           "the lower layer (PURE's partial backward pass).", [
@@ -200,7 +200,7 @@ TABLES.update({t.name: t for t in (PURE_ATTRIBUTIONS, CROPS, PURE_EMBEDDINGS, PU
 # ---- end PURE --------------------------------------------------------------------------------------
 
 
-# ---- Embedding + PSI (issue 5): manifest namespaces "embed-images", "embed", "psi" -------------------
+# ---- Embedding + PSI: manifest namespaces "embed-images", "embed", "psi" -------------------
 IMAGE_EMBEDDINGS = _spec("image_embeddings", "embed-images", ("embedder", "image_id"),
                          "Whole probe images embedded once per probe set and embedder (their config hash covers "
                          "only the embedder and the probe set's fingerprint: cache_dir shares them across audits).", [
@@ -330,7 +330,7 @@ TABLES.update({t.name: t for t in (IMAGE_EMBEDDINGS, EMBED_CALIBRATION, CONCEPT_
 # ---- end Embedding + PSI ----------------------------------------------------------------------------
 
 
-# ---- Linear Explanations (issue 6): manifest namespaces "explain", "explain-ablation", "explain-ti" ----
+# ---- Linear Explanations: manifest namespaces "explain", "explain-ablation", "explain-ti" ----
 LE_SPLIT = _spec("split", "explain", ("image_id",), "The probe set's seeded train / val / test split (explain.split, "
                  "explain.split_seed), stored once and used by every Linear Explanations step.", [
     ("image_id", pa.int64(), "image id (see images)"),

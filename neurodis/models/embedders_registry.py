@@ -43,7 +43,7 @@ EMBEDDERS: dict[str, Callable[[], Any]] = {
 }
 
 
-OPEN_CLIP_PREFIX = "open_clip:"  # "open_clip:<model>": any open_clip model (issue 5, neurodis.models.clip)
+OPEN_CLIP_PREFIX = "open_clip:"  # "open_clip:<model>": any open_clip model (neurodis.models.clip)
 
 
 def get_embedder(name: str, checkpoint: str | None = None, device: str | None = None,

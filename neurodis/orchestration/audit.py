@@ -141,7 +141,7 @@ def run_forward(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: b
 STAGE_DRIVERS = {"forward": run_forward}
 
 
-# ---- PURE (issue 4) ------------------------------------------------------------------------------
+# ---- PURE ------------------------------------------------------------------------------
 def run_pure(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
     from neurodis.orchestration.pure_driver import drive_pure
 
@@ -152,7 +152,7 @@ STAGE_DRIVERS["pure"] = run_pure
 # ---- end PURE ------------------------------------------------------------------------------------
 
 
-# ---- Embedding + PSI (issue 5) -------------------------------------------------------------------
+# ---- Embedding + PSI -------------------------------------------------------------------
 def run_embed(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
     from neurodis.orchestration.embed_psi import run_embed as drive
 
@@ -170,7 +170,7 @@ STAGE_DRIVERS["psi"] = run_psi
 # ---- end Embedding + PSI -------------------------------------------------------------------------
 
 
-# ---- Linear Explanations (issue 6) ---------------------------------------------------------------
+# ---- Linear Explanations ---------------------------------------------------------------
 def run_explain(spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool) -> dict[str, Any]:
     from neurodis.orchestration.explain_driver import drive_explain
 
