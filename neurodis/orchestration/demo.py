@@ -56,7 +56,7 @@ def demo_spec(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     }
     optional = {
         # crops (LRP heatmaps per neuron and reference) cost minutes on CPU; ARI needs attributions only
-        "pure": {"n_ref": cfg.n_ref, "layers": [PLANTED_LAYER], "k": [2], "crops": False},
+        "pure": {"n_ref": cfg.n_ref, "layers": [PLANTED_LAYER], "k": [2, 3], "crops": False},
         "embed": {"embedder": "oracle-a", "concepts": "testbed"},
         "psi": {"top_k": cfg.psi_top_k, "n_null": cfg.n_null},
         # the planted layer: its head follows global pooling, so ablations take the exact fast path
