@@ -51,7 +51,8 @@ def test_each_gpu_actor_gets_a_distinct_logical_gpu(tmp_path: Path):
         from tests.test_placement import _spec
         from pathlib import Path
         ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="WARNING")
-        s = run_audit(_spec(Path({str(probe)!r}), Path({str(tmp_path / "gpus")!r}), cpus_per_worker=1), runner=RayRunner())
+        s = run_audit(_spec(Path({str(probe)!r}), Path({str(tmp_path / "gpus")!r}), cpus_per_worker=1),
+                      runner=RayRunner(wait_for_workers_s=120))
         print(json.dumps(s["stages"]["forward"]["placement"]))
     """, tmp_path)
     gpus = [tuple(p["gpus"]) for p in placement]
@@ -78,7 +79,8 @@ def test_two_node_cluster_spreads_work_with_identical_outputs(tmp_path: Path):
         cluster.add_node(num_cpus=1, num_gpus=1)   # stands in for machine B
         ray.init(address=cluster.address, logging_level="WARNING")
         cluster.wait_for_nodes()
-        s = run_audit(_spec(Path({str(probe)!r}), Path({str(tmp_path / "nodes")!r}), cpus_per_worker=0.5), runner=RayRunner())
+        s = run_audit(_spec(Path({str(probe)!r}), Path({str(tmp_path / "nodes")!r}), cpus_per_worker=0.5),
+                      runner=RayRunner(wait_for_workers_s=120))  # both workers up before work starts
         print(json.dumps(s["stages"]["forward"]["placement"]))
         ray.shutdown(); cluster.shutdown()
     """, tmp_path)

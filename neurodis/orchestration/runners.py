@@ -129,13 +129,16 @@ class RayRunner:
     Ray tasks with a bounded number in flight. Results are small metadata dicts."""
 
     def __init__(self, address: str | None = None, max_in_flight: int | None = None, retries: int = 3,
-                 env_vars: dict[str, str] | None = None) -> None:
+                 env_vars: dict[str, str] | None = None, wait_for_workers_s: int | None = None) -> None:
         ensure_ray(address)
         import ray
 
         self.ray = ray
         self.max_in_flight = max_in_flight
         self.retries = retries
+        # with a value, a stage's actor pool starts work only once all its workers are up (or fails after
+        # that many seconds); by default work starts on the first worker and the others join as they come
+        self.wait_for_workers_s = wait_for_workers_s
         # extra environment for the workers (e.g. fault injection in tests)
         self.runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
 
@@ -153,6 +156,8 @@ class RayRunner:
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
+        if self.wait_for_workers_s is not None:
+            ctx.wait_for_min_actors_s = int(self.wait_for_workers_s)
         ds = ray.data.from_items([{"index": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
                                  override_num_blocks=len(items))
         # Ray Data restarts a dead actor and retries its item; the counter (owned by this driver) bounds
