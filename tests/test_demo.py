@@ -28,6 +28,19 @@ def test_demo_small_end_to_end(tmp_path: Path):
         if section.get("status") != "absent":
             assert all(isinstance(section[f], (int, float)) for f in fields), (key, section)
     assert card["pure"]["ari_pure"] > card["pure"]["ari_activation"]
+    # the per-image planted truth of this probe set, next to the run, agrees with the world's metadata
+    import pyarrow.parquet as pq
+
+    from neurodis.testbed.world import read_metadata
+
+    truth = pq.read_table(tmp_path / "demo" / "probe_truth.parquet").to_pylist()
+    shown = {int(m["index"]): set(m["concepts"]) for m in read_metadata(tmp_path / "demo" / "probe")}
+    assert len(truth) == 240 * sum(card["testbed"]["planted"].values())
+    gt = json.loads((Path(card["testbed"]["model_dir"]) / "ground_truth.json").read_text())
+    concepts = {(n["layer"], n["channel"]): n["concepts"] for n in gt["neurons"]}
+    for r in truth:
+        assert r["present"] == [c for c in concepts[(r["layer"], r["channel"])] if c in shown[r["index"]]]
+        assert (tmp_path / "demo" / "probe" / r["path"]).is_file()
     text = render_scorecard(card)
     assert "patch_swap absent" in text and "pure" in text
 

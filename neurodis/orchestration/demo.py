@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from neurodis.config import STAGE_ORDER, spec_from_dict
-from neurodis.io.atomic import write_json_atomic
+from neurodis.io.atomic import write_json_atomic, write_parquet_atomic
 from neurodis.io.tables import read_table
 from neurodis.orchestration.audit import run_audit
 from neurodis.orchestration.runners import Runner
@@ -177,6 +177,17 @@ def write_probe(world: Any, probe: Path) -> Path:
     return write_imagefolder(world, probe)
 
 
+def write_probe_truth(testbed_dir: Path, world: Any, path: Path) -> None:
+    """The planted truth for this probe set: one row per (probe image, planted neuron) with the
+    neuron's concepts the image shows and its true circuit (``neurodis.testbed.truth.probe_truth``)."""
+    import pyarrow as pa
+
+    from neurodis.testbed.truth import load_ground_truth, probe_truth
+
+    rows = probe_truth(load_ground_truth(testbed_dir), world, range(world.n_images))
+    write_parquet_atomic(pa.Table.from_pylist(rows), path)
+
+
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, runner: Runner | None = None) -> dict[str, Any]:
     """Build (or reuse) the testbed, write the held-out probe set, audit it, score it."""
     from neurodis.testbed.model import build_testbed
@@ -188,6 +199,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, runner: Runner | No
     testbed_dir = build_testbed()  # the model `load_testbed_model` serves (cached; $NEURODIS_CACHE)
     world = WorldConfig(n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.probe_seed)
     write_probe(world, out / "probe")
+    write_probe_truth(testbed_dir, world, out / "probe_truth.parquet")
     spec = spec_from_dict(demo_spec(cfg, out))
     summary = run_audit(spec, runner=runner, overwrite=True)  # the demo's folder is its own: recompute stale stages
     card = build_scorecard(out, testbed_dir, list(spec.stages), read_metadata(out / "probe"), world)

@@ -98,7 +98,8 @@ def linear_target(gt: Mapping[str, Any], layer: str, channel: int, sample: Image
 
 
 def probe_truth(gt: Mapping[str, Any], world: WorldConfig, indices: Iterable[int]) -> list[dict[str, Any]]:
-    """One row per (probe image, planted neuron): ``index``, ``layer``, ``channel``, ``kind``,
+    """One row per (probe image, planted neuron): ``index``, ``path`` (relative to the world's image
+    folder), ``layer``, ``channel``, ``kind``,
     ``present`` (the neuron's concepts the image shows) and ``circuit`` (:func:`true_circuit`).
     Cheap: it reads the world's scenes, no pixels are drawn."""
     rows = []
@@ -106,6 +107,6 @@ def probe_truth(gt: Mapping[str, Any], world: WorldConfig, indices: Iterable[int
         present = frozenset(meta["concepts"])
         for n in gt["neurons"]:
             shown = [c for c in n["concepts"] if c in present]
-            rows.append({"index": meta["index"], "layer": n["layer"], "channel": int(n["channel"]),
+            rows.append({"index": meta["index"], "path": meta["path"], "layer": n["layer"], "channel": int(n["channel"]),
                          "kind": n["kind"], "present": shown, "circuit": shown[0] if len(shown) == 1 else None})
     return rows
