@@ -93,7 +93,7 @@ def reference_precision(run: Path, truth: dict[str, Any], metadata: list[dict[st
     by_neuron: dict[tuple[str, int], list[int]] = {}
     for r in refs:
         by_neuron.setdefault((r["layer"], int(r["channel"])), []).append(int(r["image_id"]))
-    scores = {}
+    scores: dict[str, list[float]] = {}
     for n in truth.get("neurons", truth.get("planted", [])):
         ids = by_neuron.get((n["layer"], int(n["channel"])), [])
         hits = [bool(set(n["concepts"]) & concepts_of[index_of[i]]) for i in ids]

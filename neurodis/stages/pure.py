@@ -101,8 +101,8 @@ def guarded(fn: Callable[[np.ndarray], torch.Tensor], n: int, channels: np.ndarr
                 failed.append((int(c), e))
         if len(failed) == len(chans) and len(chans) > 1:
             raise failed[-1][1]
-        for c, e in failed:
-            on_error(c, error_text(e))
+        for c, err in failed:
+            on_error(c, error_text(err))
     return out
 
 
