@@ -140,7 +140,7 @@ class RayRunner:
         # that many seconds); by default work starts on the first worker and the others join as they come
         self.wait_for_workers_s = wait_for_workers_s
         # extra environment for the workers (e.g. fault injection in tests)
-        self.runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
+        self.runtime_env: dict[str, Any] | None = {"env_vars": dict(env_vars)} if env_vars else None
 
     def cluster_gpus(self) -> float:
         return float(self.ray.cluster_resources().get("GPU", 0.0))
@@ -162,7 +162,7 @@ class RayRunner:
                                  override_num_blocks=len(items))
         # Ray Data restarts a dead actor and retries its item; the counter (owned by this driver) bounds
         # that at `retries` retries, after which the item comes back as a failed unit and the others go on.
-        counter = self.ray.remote(num_cpus=0)(_AttemptCounter).remote()
+        counter: Any = self.ray.remote(num_cpus=0)(_AttemptCounter).remote()
         out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method, resources.threads, counter,
                                                                  self.retries),
                              batch_size=1, batch_format="numpy",
@@ -176,8 +176,11 @@ class RayRunner:
 
     def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
                   resources: Resources) -> Iterator[dict[str, Any]]:
-        remote = self.ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=self.retries,
-                                 runtime_env=self.runtime_env)(fn)
+        options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus,
+                                   "max_retries": self.retries}
+        if self.runtime_env:
+            options["runtime_env"] = self.runtime_env
+        remote = self.ray.remote(**options)(fn)
         limit = self.max_in_flight or max(2, int(self.ray.cluster_resources().get("CPU", 2)) * 2)
         pending: list[Any] = []
         queue = list(items)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -165,6 +165,15 @@ def _device(plan: ForwardPlan) -> torch.device:
     return torch.device("cpu")
 
 
+class ShardSummary(NamedTuple):
+    """A shard's :class:`Summary` on the host: ``[n_images, C]`` numpy arrays."""
+
+    mean: np.ndarray
+    max: np.ndarray
+    argmax_h: np.ndarray
+    argmax_w: np.ndarray
+
+
 class ForwardWorker:
     """Loads the model once; processes whole shards and commits them."""
 
@@ -194,7 +203,7 @@ class ForwardWorker:
         if xs:
             yield ids, torch.stack(xs)
 
-    def summarize_shard(self, records: Sequence[ProbeRecord]) -> tuple[np.ndarray, dict[str, Summary], list]:
+    def summarize_shard(self, records: Sequence[ProbeRecord]) -> tuple[np.ndarray, dict[str, ShardSummary], list]:
         """(image ids, per-layer summaries as numpy ``[N, C]``, rejects) for a list of records."""
         rejects: list[tuple[int, str, str]] = []
         parts: dict[str, list[list[np.ndarray]]] = {p: [] for p in self.layers}
@@ -214,7 +223,7 @@ class ForwardWorker:
         summaries = {}
         for p in self.layers:
             if parts[p]:
-                summaries[p] = Summary(*(np.concatenate([b[j] for b in parts[p]]) for j in range(4)))
+                summaries[p] = ShardSummary(*(np.concatenate([b[j] for b in parts[p]]) for j in range(4)))
         return np.asarray(ids_all, np.int64), summaries, rejects
 
     def run_shard(self, task: ShardTask) -> dict[str, Any]:
@@ -230,7 +239,7 @@ class ForwardWorker:
             return {"unit": shard_unit(task.shard), "images": 0, "rejects": 0,
                     "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
-    def _shard_tables(self, shard: int, ids: np.ndarray, summaries: dict[str, Summary],
+    def _shard_tables(self, shard: int, ids: np.ndarray, summaries: dict[str, ShardSummary],
                       rejects: list[tuple[int, str, str]]) -> dict[str, pa.Table]:
         k = self.plan.spec.forward.top_k
         acts, partials = [], []
