@@ -162,7 +162,10 @@ class RayRunner:
                                  override_num_blocks=len(items))
         # Ray Data restarts a dead actor and retries its item; the counter (owned by this driver) bounds
         # that at `retries` retries, after which the item comes back as a failed unit and the others go on.
-        counter: Any = self.ray.remote(num_cpus=0)(_AttemptCounter).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(node_id=self.ray.get_runtime_context().get_node_id(), soft=True)
+        counter: Any = self.ray.remote(num_cpus=0, scheduling_strategy=here)(_AttemptCounter).remote()  # on the driver's node
         out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method, resources.threads, counter,
                                                                  self.retries),
                              batch_size=1, batch_format="numpy",
