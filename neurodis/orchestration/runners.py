@@ -164,8 +164,9 @@ class RayRunner:
         # that at `retries` retries, after which the item comes back as a failed unit and the others go on.
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        # on the driver's node: it lives as long as the driver does
         here = NodeAffinitySchedulingStrategy(node_id=self.ray.get_runtime_context().get_node_id(), soft=True)
-        counter: Any = self.ray.remote(num_cpus=0, scheduling_strategy=here)(_AttemptCounter).remote()  # on the driver's node
+        counter: Any = self.ray.remote(_AttemptCounter).options(num_cpus=0, scheduling_strategy=here).remote()
         out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method, resources.threads, counter,
                                                                  self.retries),
                              batch_size=1, batch_format="numpy",
