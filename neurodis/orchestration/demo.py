@@ -150,14 +150,16 @@ def build_scorecard(run: Path, testbed_dir: Path, spec_stages: list[str], metada
                     "model_dir": str(testbed_dir)},
         "forward": {"reference_precision": reference_precision(run, truth, metadata)},
     }
-    for key, module, stage in (("pure", "neurodis.stages.pure", "pure"), ("psi", "neurodis.stages.psi", "psi"),
-                               ("le", "neurodis.stages.explain", "explain")):
+    methods: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+        ("pure", "neurodis.stages.pure", "pure", {}), ("psi", "neurodis.stages.psi", "psi", {}),
+        ("le", "neurodis.stages.explain", "explain", {"aliases": label_aliases()}))  # label names of one concept
+    for key, module, stage, options in methods:
         scorer = _scorer(module, stage, spec_stages)
         if scorer is None:
             card[key] = _absent(f"stage {stage!r} is not part of this build")
             continue
         try:
-            card[key] = scorer(run, truth, aliases=label_aliases()) if key == "le" else scorer(run, truth)
+            card[key] = scorer(run, truth, **options)
         except Exception as e:  # noqa: BLE001 - one method's scoring failure never loses the scorecard
             log.exception("scoring %s failed", key)
             card[key] = {"status": "error", "error": f"{type(e).__name__}: {e}"}

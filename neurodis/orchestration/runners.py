@@ -77,8 +77,7 @@ class _AttemptCounter:
 class _ActorAdapter:
     """Ray Data callable class: builds the worker once per actor, runs one item per batch row."""
 
-    def __init__(self, factory: Callable[[], Any], method: str, threads: int, counter: Any = None,
-                 retries: int = 3) -> None:
+    def __init__(self, factory: Callable[[], Any], method: str, threads: int, counter: Any, retries: int) -> None:
         import ray
         import torch
 
@@ -89,16 +88,13 @@ class _ActorAdapter:
         ctx = ray.get_runtime_context()
         self.placement = {"node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}
 
-    def _attempt(self, index: int) -> int:
-        import ray
-
-        return int(ray.get(self.counter.start.remote(index))) if self.counter is not None else 1
-
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         results = []
+        import ray
+
         for index, b in zip(batch["index"], batch["item"]):
             item = pickle.loads(b)
-            n = self._attempt(int(index))
+            n = int(ray.get(self.counter.start.remote(int(index))))
             if n > self.retries + 1:
                 unit = getattr(item, "unit", f"item-{int(index)}")
                 r = {"unit": unit, "error": f"worker died on all {n - 1} attempts (the process exited while "
@@ -153,18 +149,18 @@ class RayRunner:
         if not items:
             return
         import ray.data
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        if self.wait_for_workers_s is not None:
+        wait_before = ctx.wait_for_min_actors_s
+        if self.wait_for_workers_s is not None:  # for this call only: the context is process-wide
             ctx.wait_for_min_actors_s = int(self.wait_for_workers_s)
         ds = ray.data.from_items([{"index": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
                                  override_num_blocks=len(items))
-        # Ray Data restarts a dead actor and retries its item; the counter (owned by this driver) bounds
-        # that at `retries` retries, after which the item comes back as a failed unit and the others go on.
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        # on the driver's node: it lives as long as the driver does
+        # Ray Data restarts a dead actor and retries its item; the counter bounds that at `retries`
+        # retries, after which the item comes back as a failed unit and the others go on. It lives on
+        # the driver's node, as long as the driver does.
         here = NodeAffinitySchedulingStrategy(node_id=self.ray.get_runtime_context().get_node_id(), soft=True)
         counter: Any = self.ray.remote(_AttemptCounter).options(num_cpus=0, scheduling_strategy=here).remote()
         out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method, resources.threads, counter,
@@ -176,6 +172,7 @@ class RayRunner:
             for row in out.iter_rows():
                 yield pickle.loads(row["result"])
         finally:
+            ctx.wait_for_min_actors_s = wait_before
             self.ray.kill(counter)
 
     def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],

@@ -227,16 +227,16 @@ class ForwardWorker:
         return np.asarray(ids_all, np.int64), summaries, rejects
 
     def run_shard(self, task: ShardTask) -> dict[str, Any]:
-        record_attempt(self.plan.layout, STAGE, shard_unit(task.shard))
+        record_attempt(self.plan.layout, STAGE, task.unit)
         try:
             ids, summaries, rejects = self.summarize_shard(task.records)
             tables = self._shard_tables(task.shard, ids, summaries, rejects)
-            commit_unit(self.plan.layout, STAGE, shard_unit(task.shard), self.plan.config_hash, tables,
+            commit_unit(self.plan.layout, STAGE, task.unit, self.plan.config_hash, tables,
                         {"images": int(len(ids)), "rejects": len(rejects)})
-            return {"unit": shard_unit(task.shard), "images": int(len(ids)), "rejects": len(rejects), "error": None}
+            return {"unit": task.unit, "images": int(len(ids)), "rejects": len(rejects), "error": None}
         except Exception as e:  # noqa: BLE001 - reported per shard; the other shards go on
             log.exception("forward shard %d failed", task.shard)
-            return {"unit": shard_unit(task.shard), "images": 0, "rejects": 0,
+            return {"unit": task.unit, "images": 0, "rejects": 0,
                     "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
     def _shard_tables(self, shard: int, ids: np.ndarray, summaries: dict[str, ShardSummary],
