@@ -18,7 +18,9 @@ demo: install
 	$(VENV)/bin/neurodis demo --out runs/demo
 
 lint: install
-	$(PY) -m ruff check neurodis tests benchmarks
+	$(PY) -m ruff check neurodis tests benchmarks scripts
+	$(PY) -m ruff format --check neurodis tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(PY) -m mypy

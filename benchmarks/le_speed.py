@@ -42,7 +42,8 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def synthetic(n_images: int, n_concepts: int, n_neurons: int, dim: int = 64, seed: int = 0):
-    """(P, P_sim, Q, split, planted concept sets). Images cluster in embedding space, so concepts correlate."""
+    """(P, P_sim, Q, split, planted concept sets). Images cluster in embedding space, so concepts
+    correlate."""
     rng = np.random.default_rng(seed)
     centres = unit(rng.standard_normal((32, dim)))
     img = unit(centres[rng.integers(0, 32, n_images)] + 0.9 * unit(rng.standard_normal((n_images, dim))))
@@ -59,8 +60,8 @@ def synthetic(n_images: int, n_concepts: int, n_neurons: int, dim: int = 64, see
         planted.append(s)
     split = np.zeros(n_images, np.int8)
     perm = rng.permutation(n_images)
-    split[perm[int(0.7 * n_images): int(0.8 * n_images)]] = 1
-    split[perm[int(0.8 * n_images):]] = 2
+    split[perm[int(0.7 * n_images) : int(0.8 * n_images)]] = 1
+    split[perm[int(0.8 * n_images) :]] = 2
     return p.astype(np.float32), p_sim.astype(np.float32), q.astype(np.float32), split, planted
 
 
@@ -70,23 +71,33 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def simulate(p_sim: np.ndarray, q: np.ndarray, rows: np.ndarray, concepts: list[list[int]],
-             weights: list[np.ndarray], neurons: np.ndarray) -> list[float]:
+def simulate(
+    p_sim: np.ndarray,
+    q: np.ndarray,
+    rows: np.ndarray,
+    concepts: list[list[int]],
+    weights: list[np.ndarray],
+    neurons: np.ndarray,
+) -> list[float]:
     """Test correlation of each neuron's simulation (concepts[i], weights[i] explain neuron neurons[i])."""
-    return [corr(p_sim[rows][:, c] @ w, q[rows, k]) if len(c) else 0.0
-            for k, c, w in zip(neurons.tolist(), concepts, weights)]
+    return [
+        corr(p_sim[rows][:, c] @ w, q[rows, k]) if len(c) else 0.0
+        for k, c, w in zip(neurons.tolist(), concepts, weights)
+    ]
 
 
 # ---- batched (neurodis) ---------------------------------------------------------------------------------
 
 
-def batched(p: np.ndarray, q: np.ndarray, split: np.ndarray, device: str) -> tuple[list[list[int]], list[np.ndarray]]:
+def batched(
+    p: np.ndarray, q: np.ndarray, split: np.ndarray, device: str
+) -> tuple[list[list[int]], list[np.ndarray]]:
     moments = []
     for which in (0, 1):
         rows = np.flatnonzero(split == which)
         acc = MomentAccumulator(p.shape[1], q.shape[1], device=device, compute_dtype=torch.float32)
         for a in range(0, len(rows), 8192):
-            r = rows[a:a + 8192]
+            r = rows[a : a + 8192]
             acc.add(torch.from_numpy(p[r]), torch.from_numpy(q[r]))
         moments.append(acc.moments())
     train, val = moments
@@ -94,14 +105,25 @@ def batched(p: np.ndarray, q: np.ndarray, split: np.ndarray, device: str) -> tup
     params = GreedyParams()
     res = greedy_search(train, val, concept_order(en.weights, "weight", params.prefix), params)
     n = res.length.cpu().tolist()
-    return [res.selected[k, :n[k]].tolist() for k in range(len(n))], [res.weights[k, :n[k]].cpu().numpy() for k in range(len(n))]
+    return [res.selected[k, : n[k]].tolist() for k in range(len(n))], [
+        res.weights[k, : n[k]].cpu().numpy() for k in range(len(n))
+    ]
 
 
-# ---- baseline (the public code's shape) ---------------------------------------------------------------------
+# ---- baseline (the public code's shape)
+# ---------------------------------------------------------------------
 
 
-def saga_block(x: np.ndarray, y: np.ndarray, step: float = 5e-4, epochs: int = 500, batch: int = 512,
-               tol: float = 1e-5, lookbehind: int = 5, seed: int = 0) -> np.ndarray:
+def saga_block(
+    x: np.ndarray,
+    y: np.ndarray,
+    step: float = 5e-4,
+    epochs: int = 500,
+    batch: int = 512,
+    tol: float = 1e-5,
+    lookbehind: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
     """Minibatch proximal SAGA for ``1/(2n)|y - Xw - b|^2 + lam(rho|w|_1 + (1-rho)/2 |w|^2)``, all columns of
     ``y`` (one block) at once, on standardised data. Returns ``W`` ``[K, M]``."""
     g = torch.Generator().manual_seed(seed)
@@ -121,14 +143,18 @@ def saga_block(x: np.ndarray, y: np.ndarray, step: float = 5e-4, epochs: int = 5
             gw, gw_prev = a.T @ xb / len(idx), a_prev.T @ xb / len(idx)
             gb, gb_prev = a.mean(0), a_prev.mean(0)
             w_new = w - step * (gw - gw_prev + w_avg)
-            w_new = torch.sign(w_new) * (w_new.abs() - step * LAM * RHO).clamp_min(0) / (1 + step * LAM * (1 - RHO))
+            w_new = (
+                torch.sign(w_new)
+                * (w_new.abs() - step * LAM * RHO).clamp_min(0)
+                / (1 + step * LAM * (1 - RHO))
+            )
             b = b - step * (gb - gb_prev + b_avg)
             table[idx] = a
             w_avg += (gw - gw_prev) * len(idx) / n
             b_avg += (gb - gb_prev) * len(idx) / n
             w = w_new
-            total += float(0.5 * (a ** 2).sum()) / n
-        obj = total + LAM * (RHO * float(w.abs().sum()) + 0.5 * (1 - RHO) * float((w ** 2).sum()))
+            total += float(0.5 * (a**2).sum()) / n
+        obj = total + LAM * (RHO * float(w.abs().sum()) + 0.5 * (1 - RHO) * float((w**2).sum()))
         if obj + tol * k < best:
             best, stale = obj, 0
         else:
@@ -174,7 +200,9 @@ def greedy_adam(p_tr, q_tr, p_va, q_va, ranking, v=10, r=10, eps=0.02) -> tuple[
     return sel, best_w
 
 
-def baseline(p, q, split, neurons: np.ndarray, block: int = 128) -> tuple[float, list[list[int]], list[np.ndarray]]:
+def baseline(
+    p, q, split, neurons: np.ndarray, block: int = 128
+) -> tuple[float, list[list[int]], list[np.ndarray]]:
     tr, va = split == 0, split == 1
     x = p[tr]
     xs = (x - x.mean(0)) / x.std(0).clip(1e-8)
@@ -193,7 +221,10 @@ def baseline(p, q, split, neurons: np.ndarray, block: int = 128) -> tuple[float,
         concepts.append(s)
         weights.append(wk)
     greedy_per_neuron = (time.perf_counter() - t0) / len(neurons)
-    print(f"baseline: SAGA {saga_per_neuron:.3f} s/neuron (block of {len(blk)}), greedy {greedy_per_neuron:.3f} s/neuron")
+    print(
+        f"baseline: SAGA {saga_per_neuron:.3f} s/neuron (block of {len(blk)}), greedy "
+        f"{greedy_per_neuron:.3f} s/neuron"
+    )
     return saga_per_neuron + greedy_per_neuron, concepts, weights
 
 
@@ -210,28 +241,50 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     p, p_sim, q, split, _ = synthetic(args.images, args.concepts, args.neurons)
     te = np.flatnonzero(split == 2)
-    print(f"P: {args.images} images x {args.concepts} concepts, {args.neurons} neurons, device {args.device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"P: {args.images} images x {args.concepts} concepts, {args.neurons} neurons, device {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     t0 = time.perf_counter()
     concepts, weights = batched(p, q, split, args.device)
     t_batched = time.perf_counter() - t0
     corr_b = simulate(p_sim, q, te, concepts, weights, np.arange(args.neurons))
     rate_b = args.neurons / t_batched
-    print(f"batched: {t_batched:.2f} s for {args.neurons} neurons = {rate_b:.1f} neurons/s, "
-          f"mean length {np.mean([len(c) for c in concepts]):.2f}, mean test corr {np.mean(corr_b):.4f}", flush=True)
-    sub = np.linspace(0, min(args.neurons, 128) - 1, args.baseline_neurons).astype(int)  # within the SAGA block
+    print(
+        f"batched: {t_batched:.2f} s for {args.neurons} neurons = {rate_b:.1f} neurons/s, "
+        f"mean length {np.mean([len(c) for c in concepts]):.2f}, mean test corr {np.mean(corr_b):.4f}",
+        flush=True,
+    )
+    sub = np.linspace(0, min(args.neurons, 128) - 1, args.baseline_neurons).astype(
+        int
+    )  # within the SAGA block
     per_neuron, concepts_a, weights_a = baseline(p, q, split, sub)
     corr_a = simulate(p_sim, q, te, concepts_a, weights_a, sub)
     rate_a = 1.0 / per_neuron
     same = float(np.mean([corr_b[k] for k in sub]))
-    print(f"baseline: {per_neuron:.2f} s per neuron = {rate_a:.3f} neurons/s, mean test corr {np.mean(corr_a):.4f} "
-          f"(batched on the same neurons: {same:.4f})")
-    print(json.dumps({"batched_neurons_per_s": round(rate_b, 3), "baseline_neurons_per_s": round(rate_a, 5),
-                      "speedup": round(rate_b / rate_a, 1), "batched_test_corr": round(float(np.mean(corr_b)), 4),
-                      "baseline_test_corr": round(float(np.mean(corr_a)), 4),
-                      "batched_test_corr_same_neurons": round(same, 4), "images": args.images,
-                      "concepts": args.concepts, "neurons": args.neurons, "baseline_neurons": int(len(sub)),
-                      "device": args.device, "threads": torch.get_num_threads()}))
+    print(
+        f"baseline: {per_neuron:.2f} s per neuron = {rate_a:.3f} neurons/s, mean test corr "
+        f"{np.mean(corr_a):.4f} "
+        f"(batched on the same neurons: {same:.4f})"
+    )
+    print(
+        json.dumps(
+            {
+                "batched_neurons_per_s": round(rate_b, 3),
+                "baseline_neurons_per_s": round(rate_a, 5),
+                "speedup": round(rate_b / rate_a, 1),
+                "batched_test_corr": round(float(np.mean(corr_b)), 4),
+                "baseline_test_corr": round(float(np.mean(corr_a)), 4),
+                "batched_test_corr_same_neurons": round(same, 4),
+                "images": args.images,
+                "concepts": args.concepts,
+                "neurons": args.neurons,
+                "baseline_neurons": int(len(sub)),
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

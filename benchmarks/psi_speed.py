@@ -58,7 +58,11 @@ def pp_indices(x: np.ndarray, u: np.ndarray) -> list[int]:
     nearest = ((x - x[chosen[0]]) ** 2).sum(1)
     for j in range(1, len(u)):
         total = nearest.sum()
-        idx = int(np.searchsorted(np.cumsum(nearest) / total, u[j], side="right")) if total > 0 else int(u[j] * n)
+        idx = (
+            int(np.searchsorted(np.cumsum(nearest) / total, u[j], side="right"))
+            if total > 0
+            else int(u[j] * n)
+        )
         chosen.append(min(max(idx, 0), n - 1))
         nearest = np.minimum(nearest, ((x - x[chosen[-1]]) ** 2).sum(1))
     return chosen
@@ -68,11 +72,14 @@ def sklearn_neuron(z, y, text, null_sets, q_perm, d_perm, p: K.PsiParams, seed: 
     """One neuron the plain way: a KMeans + silhouette_score per K' and per null set, NMI per permutation.
     ``uniforms`` (``[1 + M, len(K), n_init, k_max]``): seed k-means exactly as the kernel does; else
     scikit-learn's own k-means++ with ``random_state``."""
+
     def fit(x, k, j, rs, which):
         if uniforms is None:
             return KMeans(k, n_init=p.n_init, random_state=rs).fit(x)
-        runs = [KMeans(k, init=x[pp_indices(x, uniforms[which, j, r, :k])], n_init=1, tol=0.0).fit(x)
-                for r in range(p.n_init)]
+        runs = [
+            KMeans(k, init=x[pp_indices(x, uniforms[which, j, r, :k])], n_init=1, tol=0.0).fit(x)
+            for r in range(p.n_init)
+        ]
         return min(runs, key=lambda km: km.inertia_)
 
     def best(x, rs, which):
@@ -98,8 +105,10 @@ def sklearn_neuron(z, y, text, null_sets, q_perm, d_perm, p: K.PsiParams, seed: 
     q_null = np.array([normalized_mutual_info_score(y, part[pp]) for pp in q_perm])
     d_obs = gap(part)
     d_null = np.array([gap(part[pp]) for pp in d_perm])
-    cal = [K.calibrate(np.array([x]), nl[None], p.eps, p.tie_tol) for x, nl in
-           ((s_obs, s_null), (q_obs, q_null), (d_obs, d_null))]
+    cal = [
+        K.calibrate(np.array([x]), nl[None], p.eps, p.tie_tol)
+        for x, nl in ((s_obs, s_null), (q_obs, q_null), (d_obs, d_null))
+    ]
     psi, _ = K.combine(*cal)
     return {"psi": float(psi[0]), "partition": part}
 
@@ -107,7 +116,9 @@ def sklearn_neuron(z, y, text, null_sets, q_perm, d_perm, p: K.PsiParams, seed: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--neurons", type=int, default=128, help="neurons scored by the batched kernel")
-    ap.add_argument("--loop-neurons", type=int, default=8, help="of those, neurons scored by the sklearn loop")
+    ap.add_argument(
+        "--loop-neurons", type=int, default=8, help="of those, neurons scored by the sklearn loop"
+    )
     ap.add_argument("--n-null", type=int, default=20)
     ap.add_argument("--n-init", type=int, default=1, help="k-means restarts (both implementations)")
     ap.add_argument("--threads", type=int, default=1, help="torch / BLAS / OpenMP threads for both")
@@ -124,7 +135,10 @@ def run(args: argparse.Namespace) -> None:
     z, y, text = synthetic(args.neurons)
     rngs = [np.random.default_rng([1, i]) for i in range(args.neurons)]
     t0 = time.perf_counter()
-    res = [K.psi_batch(z[a: a + 64], y[a: a + 64], text, rngs[a: a + 64], p) for a in range(0, args.neurons, 64)]
+    res = [
+        K.psi_batch(z[a : a + 64], y[a : a + 64], text, rngs[a : a + 64], p)
+        for a in range(0, args.neurons, 64)
+    ]
     batched_s = time.perf_counter() - t0
     psi = np.concatenate([r.psi for r in res])
     partition = np.concatenate([r.partition for r in res])
@@ -132,7 +146,9 @@ def run(args: argparse.Namespace) -> None:
     m = args.loop_neurons
     draws = K.draw([np.random.default_rng([1, i]) for i in range(m)], z.shape[1], z.shape[2], len(text), p)
     nulls = K.s_null_sets(K.row_space_coords(torch.from_numpy(z[:m]).float()), draws, p).double().numpy()
-    args_of = [(z[i], y[i], text, nulls[i], draws.q_perm[i].numpy(), draws.d_perm[i].numpy(), p, i) for i in range(m)]
+    args_of = [
+        (z[i], y[i], text, nulls[i], draws.q_perm[i].numpy(), draws.d_perm[i].numpy(), p, i) for i in range(m)
+    ]
     t0 = time.perf_counter()
     loop = [sklearn_neuron(*a) for a in args_of]
     loop_s = time.perf_counter() - t0
@@ -142,15 +158,26 @@ def run(args: argparse.Namespace) -> None:
     uniforms = torch.cat([draws.u_obs.unsqueeze(1), draws.u_null], 1).double().numpy()
     seeded = [sklearn_neuron(*a, uniforms=uniforms[i]) for i, a in enumerate(args_of)]
     seeded_delta = [abs(seeded[i]["psi"] - psi[i]) for i in range(m)]
-    out = {"batched_neurons_per_s": round(args.neurons / batched_s, 2), "sklearn_loop_neurons_per_s": round(m / loop_s, 3),
-           "speedup": round((args.neurons / batched_s) / (m / loop_s), 1), "n_null": args.n_null, "n_init": args.n_init,
-           "k_range": list(p.k_range), "d": int(z.shape[2]), "n_sites": int(z.shape[1]), "neurons_batched": args.neurons,
-           "neurons_loop": m, "same_partition": len(same),
-           "max_abs_delta_psi_same_partition": round(max(delta), 4) if delta else None,
-           "median_abs_delta_psi_same_partition": round(float(np.median(delta)), 4) if delta else None,
-           "max_abs_delta_psi_same_seeding": float(f"{max(seeded_delta):.2g}"),
-           "threads": args.threads}
-    print(f"batched: {args.neurons} neurons in {batched_s:.1f} s; sklearn loop: {m} neurons in {loop_s:.1f} s")
+    out = {
+        "batched_neurons_per_s": round(args.neurons / batched_s, 2),
+        "sklearn_loop_neurons_per_s": round(m / loop_s, 3),
+        "speedup": round((args.neurons / batched_s) / (m / loop_s), 1),
+        "n_null": args.n_null,
+        "n_init": args.n_init,
+        "k_range": list(p.k_range),
+        "d": int(z.shape[2]),
+        "n_sites": int(z.shape[1]),
+        "neurons_batched": args.neurons,
+        "neurons_loop": m,
+        "same_partition": len(same),
+        "max_abs_delta_psi_same_partition": round(max(delta), 4) if delta else None,
+        "median_abs_delta_psi_same_partition": round(float(np.median(delta)), 4) if delta else None,
+        "max_abs_delta_psi_same_seeding": float(f"{max(seeded_delta):.2g}"),
+        "threads": args.threads,
+    }
+    print(
+        f"batched: {args.neurons} neurons in {batched_s:.1f} s; sklearn loop: {m} neurons in {loop_s:.1f} s"
+    )
     print(json.dumps(out))
 
 

@@ -37,9 +37,10 @@ from neurodis.data.probe import decode
 from neurodis.data.transforms import preprocess
 from neurodis.io.layout import RunLayout
 from neurodis.io.tables import read_table
+from neurodis.methods.pure.attribution import PureWorker
+from neurodis.methods.pure.plan import plan_pure
 from neurodis.orchestration.audit import run_audit
 from neurodis.orchestration.runners import LocalRunner
-from neurodis.stages.pure import PureWorker, plan_pure
 
 
 def make_images(root: Path, n: int, size: int, seed: int = 0) -> None:
@@ -47,7 +48,9 @@ def make_images(root: Path, n: int, size: int, seed: int = 0) -> None:
     (root / "c").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.BILINEAR).save(root / "c" / f"{i:05d}.jpg", quality=90)
+        Image.fromarray(small).resize((size, size), Image.BILINEAR).save(
+            root / "c" / f"{i:05d}.jpg", quality=90
+        )
 
 
 class SubsetWorker(PureWorker):
@@ -71,19 +74,24 @@ def batched(plan, channels: list[int]) -> tuple[float, float, dict[tuple[int, in
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert not meta["errors"], meta["errors"]
     t = tables["pure_attributions"]
-    vecs = {(c, i): np.asarray(v, np.float64) for c, i, v in
-            zip(t["channel"].to_pylist(), t["image_id"].to_pylist(), t["attribution"].to_pylist())}
+    vecs = {
+        (c, i): np.asarray(v, np.float64)
+        for c, i, v in zip(t["channel"].to_pylist(), t["image_id"].to_pylist(), t["attribution"].to_pylist())
+    }
     return seconds, cpu, vecs
 
 
-def loop(spec, ckpt: Path, refs, paths: dict[int, str], pre, channels: list[int]
-         ) -> tuple[float, float, dict[tuple[int, int], np.ndarray]]:
+def loop(
+    spec, ckpt: Path, refs, paths: dict[int, str], pre, channels: list[int]
+) -> tuple[float, float, dict[tuple[int, int], np.ndarray]]:
     model = torchvision.models.resnet18(weights=None)
     model.load_state_dict(torch.load(ckpt, weights_only=True))
     model.eval()  # parameters keep requires_grad=True, as in the public code
     store: dict[str, torch.Tensor] = {}
-    hooks = [model.layer3.register_forward_hook(lambda m, i, o: store.__setitem__("low", o)),
-             model.layer4.register_forward_hook(lambda m, i, o: store.__setitem__("out", o))]
+    hooks = [
+        model.layer3.register_forward_hook(lambda m, i, o: store.__setitem__("low", o)),
+        model.layer4.register_forward_hook(lambda m, i, o: store.__setitem__("out", o)),
+    ]
     vecs = {}
     t0, c0 = time.perf_counter(), time.process_time()
     for c in channels:
@@ -112,7 +120,9 @@ def main() -> None:
     ap.add_argument("--refs", type=int, default=10)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32, help="images per forward batch of the stage")
-    ap.add_argument("--pair-batch", type=int, default=64, help="(image, neuron) rows per backward of the stage")
+    ap.add_argument(
+        "--pair-batch", type=int, default=64, help="(image, neuron) rows per backward of the stage"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -120,17 +130,32 @@ def main() -> None:
         torch.manual_seed(0)
         ckpt = tmp / "resnet18.pt"
         torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
-        spec = spec_from_dict({
-            "model": {"arch": "resnet18", "checkpoint": str(ckpt), "input_size": args.size},
-            "data": {"kind": "imagefolder", "root": str(tmp / "probe")}, "layers": ["layer4"],
-            "stages": ["forward", "pure"], "forward": {"top_k": args.refs, "batch_size": 32, "shard_size": 256},
-            "pure": {"n_ref": args.refs, "crops": False, "lower_layers": {"layer4": "layer3"},
-                     "images_per_unit": args.images, "batch_size": args.batch, "pair_batch_size": args.pair_batch},
-            "output": str(tmp / "run")})
+        spec = spec_from_dict(
+            {
+                "model": {"arch": "resnet18", "checkpoint": str(ckpt), "input_size": args.size},
+                "data": {"kind": "imagefolder", "root": str(tmp / "probe")},
+                "layers": ["layer4"],
+                "stages": ["forward", "pure"],
+                "forward": {"top_k": args.refs, "batch_size": 32, "shard_size": 256},
+                "pure": {
+                    "n_ref": args.refs,
+                    "crops": False,
+                    "lower_layers": {"layer4": "layer3"},
+                    "images_per_unit": args.images,
+                    "batch_size": args.batch,
+                    "pair_batch_size": args.pair_batch,
+                },
+                "output": str(tmp / "run"),
+            }
+        )
         run_audit(dataclasses.replace(spec, stages=("forward",)), runner=LocalRunner())
         plan = plan_pure(spec, RunLayout(tmp / "run"))
         channels = np.linspace(0, 511, args.neurons).round().astype(int).tolist()
-        refs = read_table(tmp / "run", "references", filter=(ds.field("layer") == "layer4") & ds.field("channel").isin(channels))
+        refs = read_table(
+            tmp / "run",
+            "references",
+            filter=(ds.field("layer") == "layer4") & ds.field("channel").isin(channels),
+        )
         images = read_table(tmp / "run", "images")
         paths = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist()))
         t_batched, cpu_batched, v_batched = batched(plan, channels)
@@ -138,16 +163,34 @@ def main() -> None:
     assert v_batched.keys() == v_loop.keys(), "the two methods covered different (neuron, reference) pairs"
     pairs = len(v_loop)
     diff = max(float(np.abs(v_batched[k] - v_loop[k]).max()) for k in v_loop)
-    out = {"model": "resnet18", "layer": "layer4", "lower_layer": "layer3", "device": "cpu",
-           "threads": torch.get_num_threads(), "images": args.images, "size": args.size, "neurons": args.neurons,
-           "refs": args.refs, "pairs": pairs, "batched_s": round(t_batched, 3), "loop_s": round(t_loop, 3),
-           "batched_pairs_per_s": round(pairs / t_batched, 2), "loop_pairs_per_s": round(pairs / t_loop, 2),
-           "speedup": round(t_loop / t_batched, 2), "batched_cpu_s": round(cpu_batched, 3),
-           "loop_cpu_s": round(cpu_loop, 3), "cpu_speedup": round(cpu_loop / cpu_batched, 2), "max_abs_diff": diff}
+    out = {
+        "model": "resnet18",
+        "layer": "layer4",
+        "lower_layer": "layer3",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "images": args.images,
+        "size": args.size,
+        "neurons": args.neurons,
+        "refs": args.refs,
+        "pairs": pairs,
+        "batched_s": round(t_batched, 3),
+        "loop_s": round(t_loop, 3),
+        "batched_pairs_per_s": round(pairs / t_batched, 2),
+        "loop_pairs_per_s": round(pairs / t_loop, 2),
+        "speedup": round(t_loop / t_batched, 2),
+        "batched_cpu_s": round(cpu_batched, 3),
+        "loop_cpu_s": round(cpu_loop, 3),
+        "cpu_speedup": round(cpu_loop / cpu_batched, 2),
+        "max_abs_diff": diff,
+    }
     print(f"{pairs} (image, neuron) pairs, resnet18 layer4 <- layer3, {args.size} px, CPU x{out['threads']}")
     print(f"  batched stage : {t_batched:8.2f} s  {out['batched_pairs_per_s']:8.2f} pairs/s")
     print(f"  one at a time : {t_loop:8.2f} s  {out['loop_pairs_per_s']:8.2f} pairs/s")
-    print(f"  speedup {out['speedup']}x wall-clock, {out['cpu_speedup']}x process CPU time; max abs diff {diff:.2e}")
+    print(
+        f"  speedup {out['speedup']}x wall-clock, {out['cpu_speedup']}x process CPU time; max abs diff "
+        f"{diff:.2e}"
+    )
     print(json.dumps(out))
 
 

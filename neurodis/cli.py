@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from neurodis import registry
 from neurodis.types import SpecError
 
 DEMO_IMAGES = 2000
@@ -17,11 +19,8 @@ DEMO_IMAGES = 2000
 def _print_summary(summary: dict[str, Any]) -> None:
     print(f"run: {summary['run_dir']}  ({summary['seconds']} s)")
     for stage, s in summary["stages"].items():
-        if stage == "forward":
-            dead = sum(v["dead"] for v in s["layers"].values())
-            chans = sum(v["channels"] for v in s["layers"].values())
-            print(f"  forward: {s['images']} images, {s['rejected']} rejected, {len(s['layers'])} layers, "
-                  f"{chans} neurons ({dead} dead), {s['shards_run']} shards computed this run")
+        if "text" in s:  # the method's own one-line account
+            print(f"  {stage}: {s['text']}")
         else:
             print(f"  {stage}: {json.dumps({k: v for k, v in s.items() if not isinstance(v, (dict, list))})}")
 
@@ -59,7 +58,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     width = max((len(i.path) for i in infos), default=10)
     print(f"{'module path':<{width}}  {'channels':>8}  {'output shape':<18} type   (* = in `layers: all`)")
     for i in infos:
-        print(f"{i.path:<{width}}  {i.channels:>8}  {str(list(i.shape)):<18} {i.module_type}{' *' if i.default else ''}")
+        print(
+            f"{i.path:<{width}}  {i.channels:>8}  {str(list(i.shape)):<18} "
+            f"{i.module_type}{' *' if i.default else ''}"
+        )
     return 0
 
 
@@ -88,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from neurodis.stages.diff import diff_runs
+    from neurodis.tools.diff import diff_runs
 
     summary = diff_runs(args.run_a, args.run_b, args.out)
     print(summary["text"], end="")
@@ -96,15 +98,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:  # Linear Explanations
-    from neurodis.stages.explain_report import explain_report
-
-    print(explain_report(args.run_dir, args.neuron, top=args.top), end="")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neurodis", description="Audit every neuron of a vision model for polysemanticity.")
+    p = argparse.ArgumentParser(
+        prog="neurodis", description="Audit every neuron of a vision model for polysemanticity."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -134,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--local", action="store_true", help="run in this process without Ray")
     dm.set_defaults(fn=cmd_demo)
 
-    from neurodis.stages import pure_cli
-
-    pure_cli.register(sub)
+    for method in registry.METHODS:  # each method's own verbs (PURE's `assign`, LE's `explain`)
+        if method.cli:
+            importlib.import_module(method.cli).register(sub)
 
     d = sub.add_parser("diff", help="compare two audits of one architecture neuron by neuron")
     d.add_argument("run_a")
@@ -144,18 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/diff", help="folder for neuron_diff.parquet and diff_summary.txt")
     d.set_defaults(fn=cmd_diff)
 
-    e = sub.add_parser("explain", help="one neuron's linear explanation(s), scores and top images")
-    e.add_argument("run_dir")
-    e.add_argument("neuron", help="LAYER/CHANNEL, e.g. layer4/117")
-    e.add_argument("--top", type=int, default=10, help="top images to list")
-    e.set_defaults(fn=cmd_explain)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return int(args.fn(args))
     except SpecError as e:

@@ -3,7 +3,7 @@ to its workers (``RayRunner(env_vars=...)`` or a job's runtime environment). Uns
 
 - ``NEURODIS_FAULT_EXIT_UNIT=PATTERN[,PATTERN...]``: a worker process that starts a unit whose
   ``stage/unit`` name matches a shell pattern (``forward/shard-00001``, ``pure/*``,
-  ``explain-ablation/*``) is killed with SIGKILL, as a crashed GPU worker would be. With
+  ``le-ablation/*``) is killed with SIGKILL, as a crashed GPU worker would be. With
   ``NEURODIS_FAULT_MARKER=DIR`` each pattern fires once (``DIR/<i>`` records the unit that died for
   pattern ``i``); without it, on every attempt (a persistent failure).
 - ``NEURODIS_FAULT_KILL_DRIVER_AFTER=N`` (read by the audit driver): SIGKILL the driver after N units.

@@ -23,7 +23,9 @@ class NeuronRef:
         if len(parts) == 2:
             parts = [model, *parts]
         if len(parts) != 3 or not parts[1]:
-            raise ValueError(f"neuron {text!r} is not 'layer/channel' or 'model/layer/channel' (e.g. layer4/117)")
+            raise ValueError(
+                f"neuron {text!r} is not 'layer/channel' or 'model/layer/channel' (e.g. layer4/117)"
+            )
         try:
             channel = int(parts[2])
         except ValueError:

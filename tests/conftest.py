@@ -17,8 +17,9 @@ def ray_session():
     yield ray
 
 
-def write_images(root: Path, per_class: int = 6, classes: tuple[str, ...] = ("cat", "dog"), size=(36, 44),
-                 seed: int = 0) -> list[Path]:
+def write_images(
+    root: Path, per_class: int = 6, classes: tuple[str, ...] = ("cat", "dog"), size=(36, 44), seed: int = 0
+) -> list[Path]:
     """A small image folder of random RGB PNGs (class sub-folders)."""
     from PIL import Image
 

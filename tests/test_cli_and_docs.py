@@ -25,10 +25,17 @@ def test_cli_layers_and_audit_and_status(tmp_path: Path, probe_dir: Path, capsys
     out = capsys.readouterr().out
     assert "layer4.1" in out and "512" in out and "[512, 7, 7]" in out
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"model": {"arch": "neurodis.models.tiny:tiny_cnn"},
-                                    "data": {"kind": "imagefolder", "root": str(probe_dir)},
-                                    "layers": ["layer1"], "forward": {"top_k": 2, "shard_size": 5},
-                                    "output": str(tmp_path / "run")}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"arch": "neurodis.models.tiny:tiny_cnn"},
+                "data": {"kind": "imagefolder", "root": str(probe_dir)},
+                "layers": ["layer1"],
+                "forward": {"top_k": 2, "shard_size": 5},
+                "output": str(tmp_path / "run"),
+            }
+        )
+    )
     assert main(["audit", str(spec), "--local"]) == 0
     out = capsys.readouterr().out
     assert "12 images, 0 rejected" in out
@@ -38,8 +45,15 @@ def test_cli_layers_and_audit_and_status(tmp_path: Path, probe_dir: Path, capsys
 
 def test_cli_errors_are_one_line(tmp_path: Path, probe_dir: Path, capsys):
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"model": {"arch": "neurodis.models.tiny:tiny_cnn"},
-                                    "data": {"kind": "imagefolder", "root": str(probe_dir)}, "layers": ["layr1"]}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"arch": "neurodis.models.tiny:tiny_cnn"},
+                "data": {"kind": "imagefolder", "root": str(probe_dir)},
+                "layers": ["layr1"],
+            }
+        )
+    )
     assert main(["audit", str(spec), "--local"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("neurodis: error: layers: unknown module path 'layr1' (closest: 'layer1')")

@@ -22,7 +22,9 @@ def _containers(pod_template: dict) -> list[dict]:
 
 def _gpu_request(container: dict) -> int:
     res = container.get("resources", {})
-    return int(res.get("requests", {}).get("nvidia.com/gpu", 0)) + int(res.get("limits", {}).get("nvidia.com/gpu", 0))
+    return int(res.get("requests", {}).get("nvidia.com/gpu", 0)) + int(
+        res.get("limits", {}).get("nvidia.com/gpu", 0)
+    )
 
 
 def _check_ray_cluster_spec(spec: dict) -> None:

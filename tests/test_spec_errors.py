@@ -19,9 +19,11 @@ EXAMPLE = textwrap.dedent("""
       arch: resnet18                 # a torchvision model name, or "package.module:callable"
       checkpoint: weights/resnet18.pt  # optional state_dict, loaded with torch.load(weights_only=True)
       input_size: 224
-      preprocess: {resize: 224, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}  # optional; default = the architecture's standard eval transform
+      preprocess: {resize: 224, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]} #
+      optional; default = the architecture's standard eval transform
     data:
-      kind: imagefolder              # imagefolder (class sub-folders give labels) | manifest (CSV/Parquet of path,label) | synthetic
+      kind: imagefolder # imagefolder (class sub-folders give labels) | manifest (CSV/Parquet of path,label) |
+      synthetic
       root: data/probe
     layers: [layer3, layer4]         # module paths, or "all"
     stages: [forward]
@@ -33,8 +35,11 @@ EXAMPLE = textwrap.dedent("""
 
 
 def _tiny(probe: Path, **model) -> dict:
-    return {"model": {"arch": "neurodis.models.tiny:tiny_cnn", **model},
-            "data": {"kind": "imagefolder", "root": str(probe)}, "layers": ["layer1"]}
+    return {
+        "model": {"arch": "neurodis.models.tiny:tiny_cnn", **model},
+        "data": {"kind": "imagefolder", "root": str(probe)},
+        "layers": ["layer1"],
+    }
 
 
 def test_example_spec_works_as_written(tmp_path: Path, monkeypatch):
@@ -58,17 +63,53 @@ def test_example_spec_works_as_written(tmp_path: Path, monkeypatch):
     assert refs.num_rows == (256 + 512) * 6  # top_k (100) > 6 images: 6 ranks per neuron
 
 
-@pytest.mark.parametrize("raw, match", [
-    ({"model": {"arch": "resnet18"}}, r"data: required key is missing"),
-    ({"model": {"arch": "resnet18"}, "data": {"kind": "imagefolder"}}, r"data.root"),
-    ({"model": {"arch": "resnet18"}, "data": {"kind": "imgfolder", "root": "x"}}, r"did you mean 'imagefolder'"),
-    ({"model": {"arch": "resnet18"}, "data": {"kind": "imagefolder", "root": "x"}, "forwrd": {}}, r"forwrd: unknown key \(did you mean 'forward'\?\)"),
-    ({"model": {"arch": "resnet18"}, "data": {"kind": "imagefolder", "root": "x"}, "forward": {"top_k": 0}}, r"forward.top_k"),
-    ({"model": {"arch": "resnet18"}, "data": {"kind": "imagefolder", "root": "x"}, "forward": {"top_k": "many"}}, r"forward.top_k: expected an integer"),
-    ({"model": {"arch": "resnet18"}, "data": {"kind": "imagefolder", "root": "x"}, "stages": ["forwad"]}, r"did you mean 'forward'"),
-    ({"model": {"arch": "os.system('x')"}, "data": {"kind": "imagefolder", "root": "x"}}, r"model.arch"),
-    ({"model": {"arch": "resnet18", "preprocess": {"resize": 10, "crop": 20}}, "data": {"kind": "imagefolder", "root": "x"}}, r"crop 20 is larger"),
-])
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"model": {"arch": "resnet18"}}, r"data: required key is missing"),
+        ({"model": {"arch": "resnet18"}, "data": {"kind": "imagefolder"}}, r"data.root"),
+        (
+            {"model": {"arch": "resnet18"}, "data": {"kind": "imgfolder", "root": "x"}},
+            r"did you mean 'imagefolder'",
+        ),
+        (
+            {"model": {"arch": "resnet18"}, "data": {"kind": "imagefolder", "root": "x"}, "forwrd": {}},
+            r"forwrd: unknown key \(did you mean 'forward'\?\)",
+        ),
+        (
+            {
+                "model": {"arch": "resnet18"},
+                "data": {"kind": "imagefolder", "root": "x"},
+                "forward": {"top_k": 0},
+            },
+            r"forward.top_k",
+        ),
+        (
+            {
+                "model": {"arch": "resnet18"},
+                "data": {"kind": "imagefolder", "root": "x"},
+                "forward": {"top_k": "many"},
+            },
+            r"forward.top_k: expected an integer",
+        ),
+        (
+            {
+                "model": {"arch": "resnet18"},
+                "data": {"kind": "imagefolder", "root": "x"},
+                "stages": ["forwad"],
+            },
+            r"did you mean 'forward'",
+        ),
+        ({"model": {"arch": "os.system('x')"}, "data": {"kind": "imagefolder", "root": "x"}}, r"model.arch"),
+        (
+            {
+                "model": {"arch": "resnet18", "preprocess": {"resize": 10, "crop": 20}},
+                "data": {"kind": "imagefolder", "root": "x"},
+            },
+            r"crop 20 is larger",
+        ),
+    ],
+)
 def test_bad_spec_values(raw, match):
     with pytest.raises(SpecError, match=match):
         spec_from_dict(raw)
@@ -85,7 +126,9 @@ def test_bad_yaml_and_missing_file(tmp_path: Path):
 def test_unknown_layer_lists_valid_paths_and_closest(probe_dir: Path, tmp_path: Path):
     raw = _tiny(probe_dir)
     raw["layers"] = ["layer2.O"]
-    with pytest.raises(SpecError, match=r"unknown module path 'layer2.O' \(closest: 'layer2.0'\); valid paths: stem.0"):
+    with pytest.raises(
+        SpecError, match=r"unknown module path 'layer2.O' \(closest: 'layer2.0'\); valid paths: stem.0"
+    ):
         run_audit(spec_from_dict(raw), out=tmp_path / "r", runner=LocalRunner())
     assert not (tmp_path / "r" / "activations").exists()
 
@@ -108,14 +151,17 @@ class _Evil:
         return (print, ("unpickled!",))
 
 
-@pytest.mark.parametrize("kind, match", [
-    ("missing", r"does not exist"),
-    ("other_arch", r"does not fit model.arch .*missing keys"),
-    ("shapes", r"shape mismatches \(e.g. 'fc.weight': checkpoint \(3, 16\) vs model \(5, 16\)\)"),
-    ("pickle", r"non-tensor objects that weights_only=True refuses"),
-    ("garbage", r"not a readable torch checkpoint"),
-    ("not_dict", r"not a state_dict"),
-])
+@pytest.mark.parametrize(
+    "kind, match",
+    [
+        ("missing", r"does not exist"),
+        ("other_arch", r"does not fit model.arch .*missing keys"),
+        ("shapes", r"shape mismatches \(e.g. 'fc.weight': checkpoint \(3, 16\) vs model \(5, 16\)\)"),
+        ("pickle", r"non-tensor objects that weights_only=True refuses"),
+        ("garbage", r"not a readable torch checkpoint"),
+        ("not_dict", r"not a state_dict"),
+    ],
+)
 def test_bad_checkpoints(kind, match, probe_dir: Path, tmp_path: Path):
     import torchvision
 
@@ -133,7 +179,9 @@ def test_bad_checkpoints(kind, match, probe_dir: Path, tmp_path: Path):
     elif kind == "not_dict":
         torch.save([torch.zeros(2)], ckpt)
     with pytest.raises(SpecError, match=match) as err:
-        run_audit(spec_from_dict(_tiny(probe_dir, checkpoint=str(ckpt))), out=tmp_path / "r", runner=LocalRunner())
+        run_audit(
+            spec_from_dict(_tiny(probe_dir, checkpoint=str(ckpt))), out=tmp_path / "r", runner=LocalRunner()
+        )
     assert "\n" not in str(err.value)
 
 
@@ -161,7 +209,9 @@ def test_manifest_probe_set(tmp_path: Path):
     from tests.conftest import write_images
 
     paths = write_images(tmp_path / "imgs", per_class=2)
-    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{p.relative_to(tmp_path)},L{i % 2}\n" for i, p in enumerate(paths)))
+    (tmp_path / "m.csv").write_text(
+        "path,label\n" + "".join(f"{p.relative_to(tmp_path)},L{i % 2}\n" for i, p in enumerate(paths))
+    )
     raw = _tiny(tmp_path)
     raw["data"] = {"kind": "manifest", "manifest": str(tmp_path / "m.csv")}
     run_audit(spec_from_dict(raw), out=tmp_path / "r", runner=LocalRunner())

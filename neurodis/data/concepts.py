@@ -47,18 +47,23 @@ def load_concept_set(ref: str, key: str = "embed.concepts") -> tuple[str, tuple[
         name = ref
         text = (resources.files("neurodis") / "resources" / "concepts" / f"{ref}.txt").read_text()
     else:
-        raise SpecError(f"{key} {ref!r} is neither a file nor a shipped concept set ({', '.join(shipped_sets())}); "
-                        "point it at a text file with one concept per line")
+        raise SpecError(
+            f"{key} {ref!r} is neither a file nor a shipped concept set ({', '.join(shipped_sets())}); "
+            "point it at a text file with one concept per line"
+        )
     concepts = tuple(parse_lines(text))
     if len(concepts) < 2:
         raise SpecError(f"{key} {ref!r} lists {len(concepts)} concept(s); PSI's D needs at least two")
     if name == LABELS_SET:
-        raise SpecError(f"{key}: the set name {LABELS_SET!r} is reserved for the probe labels; rename the file")
+        raise SpecError(
+            f"{key}: the set name {LABELS_SET!r} is reserved for the probe labels; rename the file"
+        )
     return name, concepts
 
 
 def load_superclasses(path: str | None, key: str = "embed.superclasses") -> dict[str, tuple[str, ...]]:
-    """``class<TAB or comma>superclass`` lines (a class may appear on several lines) -> class -> superclasses."""
+    """``class<TAB or comma>superclass`` lines (a class may appear on several lines) -> class ->
+    superclasses."""
     if path is None:
         return {}
     p = Path(path).expanduser()

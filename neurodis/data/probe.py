@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from neurodis.config import DataConfig
+from neurodis.data.sources import SYNTHETIC_SCHEME, parse_path, synthetic_path, synthetic_source
+from neurodis.sections import DataConfig
 from neurodis.types import SpecError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-SYNTHETIC_SCHEME = "synthetic://"
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class BadImageError(Exception):
 
 def _list_imagefolder(root: Path) -> list[ProbeRecord]:
     if not root.is_dir():
-        raise SpecError(f"data.root {str(root)!r} is not a folder; point it at a folder of class sub-folders of images")
+        raise SpecError(
+            f"data.root {str(root)!r} is not a folder; point it at a folder of class sub-folders of images"
+        )
     files: list[tuple[str, str | None]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -49,7 +51,9 @@ def _list_imagefolder(root: Path) -> list[ProbeRecord]:
 
 def _list_manifest(path: Path) -> list[ProbeRecord]:
     if not path.is_file():
-        raise SpecError(f"data.manifest {str(path)!r} does not exist; give a CSV or Parquet file with a 'path' column")
+        raise SpecError(
+            f"data.manifest {str(path)!r} does not exist; give a CSV or Parquet file with a 'path' column"
+        )
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
@@ -67,11 +71,10 @@ def _list_manifest(path: Path) -> list[ProbeRecord]:
 
 
 def _list_synthetic(cfg: DataConfig) -> list[ProbeRecord]:
-    from neurodis.testbed.world import WorldConfig, sample_label
-
-    world = WorldConfig(n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.seed)
-    return [ProbeRecord(i, f"{SYNTHETIC_SCHEME}{cfg.seed}/{cfg.image_size}/{i}", sample_label(world, i))
-            for i in range(cfg.n_images)]
+    labels = synthetic_source().labels(cfg.n_images, cfg.image_size, cfg.seed)
+    return [
+        ProbeRecord(i, synthetic_path(cfg.seed, cfg.image_size, i), labels[i]) for i in range(cfg.n_images)
+    ]
 
 
 def list_probe_set(cfg: DataConfig) -> list[ProbeRecord]:
@@ -86,8 +89,10 @@ def list_probe_set(cfg: DataConfig) -> list[ProbeRecord]:
         records = records[: cfg.limit]
     if not records:
         where = cfg.root or cfg.manifest
-        raise SpecError(f"data: the probe set at {where!r} lists no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-                        "point data.root at a folder of class sub-folders holding images")
+        raise SpecError(
+            f"data: the probe set at {where!r} lists no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+            "point data.root at a folder of class sub-folders holding images"
+        )
     return records
 
 
@@ -108,10 +113,7 @@ def fingerprint(records: list[ProbeRecord]) -> str:
 def decode(path: str) -> np.ndarray:
     """RGB ``uint8 [H, W, 3]`` pixels of one probe image; raises ``BadImageError`` with the reason."""
     if path.startswith(SYNTHETIC_SCHEME):
-        from neurodis.testbed.world import WorldConfig, render
-
-        seed, size, index = (int(x) for x in path[len(SYNTHETIC_SCHEME):].split("/"))
-        return render(WorldConfig(n_images=index + 1, image_size=size, seed=seed), index).image
+        return synthetic_source().render(*parse_path(path))
     from PIL import Image, UnidentifiedImageError
 
     try:

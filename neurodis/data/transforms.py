@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neurodis.config import PreprocessConfig
+from neurodis.sections import PreprocessConfig
 
 
 def crop_box(height: int, width: int, cfg: PreprocessConfig) -> tuple[float, float, int, int, int, int]:
@@ -29,7 +29,7 @@ def preprocess(pixels: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
     _, _, rh, rw, top, left = crop_box(h, w, cfg)
     if (rh, rw) != (h, w):
         x = F.interpolate(x[None], size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)[0]
-    x = x[:, top: top + cfg.crop, left: left + cfg.crop]
+    x = x[:, top : top + cfg.crop, left : left + cfg.crop]
     mean = torch.tensor(cfg.mean).view(3, 1, 1)
     std = torch.tensor(cfg.std).view(3, 1, 1)
     return (x - mean) / std

@@ -47,6 +47,14 @@ class RunLayout:
     def manifest_path(self, stage: str, unit: str) -> Path:
         return self.stage_manifest_dir(stage) / f"{safe_name(unit)}.json"
 
+    @property
+    def plan_dir(self) -> Path:
+        """What the driver planned: one JSON per step (its units), read by ``neurodis status``."""
+        return self.root / "_plan"
+
+    def step_plan_path(self, method: str, step: str) -> Path:
+        return self.plan_dir / safe_name(method) / f"{safe_name(step)}.json"
+
     def attempts_path(self, stage: str, unit: str) -> Path:
         return self.root / "_attempts" / safe_name(stage) / safe_name(unit)
 

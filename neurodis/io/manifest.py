@@ -38,22 +38,39 @@ class Manifest:
         return cls(d["stage"], d["unit"], d["config_hash"], dict(d["files"]), dict(d.get("meta", {})))
 
 
-def commit_unit(layout: RunLayout, stage: str, unit: str, config_hash: str,
-                tables: Mapping[str, pa.Table], meta: Mapping[str, Any] | None = None,
-                extra_files: Mapping[str, Path] | None = None) -> Manifest:
+def commit_unit(
+    layout: RunLayout,
+    stage: str,
+    unit: str,
+    config_hash: str,
+    tables: Mapping[str, pa.Table],
+    meta: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, Path] | None = None,
+) -> Manifest:
     """Write each table atomically, then the manifest (last: the commit marker). ``extra_files``
     (name -> path inside the run) are non-table files the caller already renamed into place; the
     manifest names them so they are committed and dropped together with the unit."""
-    files: dict[str, str] = {name: str(Path(f).resolve().relative_to(layout.root.resolve()))
-                             for name, f in (extra_files or {}).items()}
+    files: dict[str, str] = {
+        name: str(Path(f).resolve().relative_to(layout.root.resolve()))
+        for name, f in (extra_files or {}).items()
+    }
     for name, table in tables.items():
         final = layout.table_file(name, stage, unit)
         write_parquet_atomic(table, final, layout.tmp_dir)
         files[name] = str(final.relative_to(layout.root))
     manifest = Manifest(stage, unit, config_hash, files, dict(meta or {}))
-    write_json_atomic({"stage": stage, "unit": unit, "config_hash": config_hash, "files": files,
-                       "meta": manifest.meta, "committed_at": time.time()},
-                      layout.manifest_path(stage, unit), layout.tmp_dir)
+    write_json_atomic(
+        {
+            "stage": stage,
+            "unit": unit,
+            "config_hash": config_hash,
+            "files": files,
+            "meta": manifest.meta,
+            "committed_at": time.time(),
+        },
+        layout.manifest_path(stage, unit),
+        layout.tmp_dir,
+    )
     return manifest
 
 
@@ -135,7 +152,9 @@ def _link(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _copy_unit(src_root: Path, dst_root: Path, manifest_src: Path, manifest_dst: Path, files: Iterable[str]) -> None:
+def _copy_unit(
+    src_root: Path, dst_root: Path, manifest_src: Path, manifest_dst: Path, files: Iterable[str]
+) -> None:
     for rel in files:
         _link(src_root / rel, dst_root / rel)
     _link(manifest_src, manifest_dst)  # last: the commit marker
@@ -151,8 +170,13 @@ def adopt_cached(layout: RunLayout, stage: str, config_hash: str) -> int:
     for unit, m in committed(src, stage, config_hash).items():
         if unit in have or not all((src.root / f).is_file() for f in m.files.values()):
             continue
-        _copy_unit(src.root, layout.root, src.manifest_path(stage, unit), layout.manifest_path(stage, unit),
-                   m.files.values())
+        _copy_unit(
+            src.root,
+            layout.root,
+            src.manifest_path(stage, unit),
+            layout.manifest_path(stage, unit),
+            m.files.values(),
+        )
         n += 1
     return n
 
@@ -167,8 +191,13 @@ def publish_to_cache(layout: RunLayout) -> int:
             dst = RunLayout(layout.cached_unit_root(m.stage, m.config_hash))
             if dst.manifest_path(m.stage, unit).is_file():
                 continue
-            _copy_unit(layout.root, dst.root, layout.manifest_path(m.stage, unit), dst.manifest_path(m.stage, unit),
-                       m.files.values())
+            _copy_unit(
+                layout.root,
+                dst.root,
+                layout.manifest_path(m.stage, unit),
+                dst.manifest_path(m.stage, unit),
+                m.files.values(),
+            )
             n += 1
     return n
 
@@ -187,4 +216,5 @@ def check_stage_hash(layout: RunLayout, stage: str, config_hash: str, overwrite:
     raise StaleRunError(
         f"run directory {layout.root} already holds stage {stage!r} outputs from a different config "
         f"(hash {next(iter(stale.values())).config_hash} != {config_hash}); pass --overwrite to recompute "
-        f"them or --out to write a new run")
+        f"them or --out to write a new run"
+    )

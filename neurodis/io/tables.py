@@ -18,8 +18,13 @@ def committed_files(layout: RunLayout, table: str, stage: str | None = None) -> 
     return sorted(layout.root / m.files[table] for m in manifests if table in m.files)
 
 
-def read_table(run_dir: str | Path | RunLayout, table: str, filter: ds.Expression | None = None,
-               columns: list[str] | None = None, stage: str | None = None) -> pa.Table:
+def read_table(
+    run_dir: str | Path | RunLayout,
+    table: str,
+    filter: ds.Expression | None = None,
+    columns: list[str] | None = None,
+    stage: str | None = None,
+) -> pa.Table:
     """Read a table of a run (committed files only), sorted by its key."""
     layout = run_dir if isinstance(run_dir, RunLayout) else RunLayout(Path(run_dir))
     spec = TABLES[table]

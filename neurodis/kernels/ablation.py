@@ -33,16 +33,21 @@ def ce_losses(logits: torch.Tensor, labels: torch.Tensor, temperature: float) ->
     return torch.logsumexp(z, -1) - z.gather(-1, lab[..., None])[..., 0]
 
 
-def rank1_logits(base: torch.Tensor, q: torch.Tensor, w_head: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def rank1_logits(
+    base: torch.Tensor, q: torch.Tensor, w_head: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
     """``[n, Kc, C]`` logits with neuron ``j`` (pooled feature ``q[:, j]``, head column ``w_head[:, j]``)
-    replaced by ``values[:, j]``. ``base`` ``[n, C]``, ``q``/``values`` ``[n, Kc]``, ``w_head`` ``[C, Kc]``."""
+    replaced by ``values[:, j]``. ``base`` ``[n, C]``, ``q``/``values`` ``[n, Kc]``, ``w_head`` ``[C,
+    Kc]``."""
     return base[:, None, :] + (values - q)[:, :, None] * w_head.T[None, :, :]
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, lo: float = 0.05, hi: float = 20.0,
-                    iters: int = 80) -> float:
+def fit_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, lo: float = 0.05, hi: float = 20.0, iters: int = 80
+) -> float:
     """The temperature minimising the mean NLL of ``logits / T`` (golden-section search on log T; the
     NLL is unimodal in T)."""
+
     def nll(log_t: float) -> float:
         return float(ce_losses(logits, labels, math.exp(log_t)).mean())
 
@@ -73,9 +78,14 @@ def norm_scale(s: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> tuple[to
     return c, mq - c * ms
 
 
-def optim_scale(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k: int, steps: int = 100,
-                lr: float = 1e-2, dtype: torch.dtype = torch.float64,
-                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def optim_scale(
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    k: int,
+    steps: int = 100,
+    lr: float = 1e-2,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise each neuron's objective over its (c, d) with Adam from (1, 0).
 
     ``step(c, d)`` returns the objectives ``[k]`` and leaves their gradients in ``c.grad`` / ``d.grad``
@@ -105,12 +115,16 @@ def abs_loss_change(losses: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
 def alpha_score(sim_change: torch.Tensor, mean_change: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """``1 - sum|L_sim - L| / sum|L_mean - L|``; NaN where the mean-ablation changes nothing."""
     ok = mean_change > eps
-    return torch.where(ok, 1.0 - sim_change / torch.where(ok, mean_change, torch.ones_like(mean_change)),
-                       torch.full_like(sim_change, float("nan")))
+    return torch.where(
+        ok,
+        1.0 - sim_change / torch.where(ok, mean_change, torch.ones_like(mean_change)),
+        torch.full_like(sim_change, float("nan")),
+    )
 
 
-def impact(correct: torch.Tensor, loss: torch.Tensor, correct_abl: torch.Tensor, loss_abl: torch.Tensor
-           ) -> torch.Tensor:
+def impact(
+    correct: torch.Tensor, loss: torch.Tensor, correct_abl: torch.Tensor, loss_abl: torch.Tensor
+) -> torch.Tensor:
     """Per image and neuron, ``I = (dAcc - dL) / 2`` (paper eq. 1-3), positive when the neuron helps.
 
     ``correct``/``loss`` ``[n]``: the model's; ``correct_abl``/``loss_abl`` ``[n, K]``: with neuron k
@@ -122,8 +136,9 @@ def impact(correct: torch.Tensor, loss: torch.Tensor, correct_abl: torch.Tensor,
     return (d_acc - d_loss) / 2.0
 
 
-def top_impact(imp: torch.Tensor, activation: torch.Tensor, betas: Sequence[float]
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def top_impact(
+    imp: torch.Tensor, activation: torch.Tensor, betas: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(TI ``[K, len(betas)]``, total ``sum |I|`` ``[K]``). Images are ranked per neuron by decreasing
     activation, ties to the earlier row (give rows in image-id order); the top ``ceil(beta * n)`` count.
     TI is NaN where the total impact is 0."""
@@ -133,16 +148,13 @@ def top_impact(imp: torch.Tensor, activation: torch.Tensor, betas: Sequence[floa
     csum = ranked.cumsum(0)
     total = csum[-1] if n else torch.zeros(imp.shape[1], dtype=imp.dtype)
     tops = [max(1, math.ceil(b * n - 1e-9)) for b in betas]
-    ti = torch.stack([csum[min(t, n) - 1] for t in tops], dim=1) if n else torch.zeros(imp.shape[1], len(tops))
+    ti = (
+        torch.stack([csum[min(t, n) - 1] for t in tops], dim=1) if n else torch.zeros(imp.shape[1], len(tops))
+    )
     ok = total > 0
-    ti = torch.where(ok[:, None], ti / torch.where(ok, total, torch.ones_like(total))[:, None],
-                     torch.full_like(ti, float("nan")))
+    ti = torch.where(
+        ok[:, None],
+        ti / torch.where(ok, total, torch.ones_like(total))[:, None],
+        torch.full_like(ti, float("nan")),
+    )
     return ti, total
-
-
-def fast_ablation(base: torch.Tensor, q: torch.Tensor, w_head: torch.Tensor, labels: torch.Tensor,
-                  values: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(losses ``[n, Kc]``, correct ``[n, Kc]``) with each neuron replaced by ``values`` (rank-1 path)."""
-    logits = rank1_logits(base, q, w_head, values)
-    return ce_losses(logits, labels[:, None], temperature), logits.argmax(-1) == labels[:, None]
-

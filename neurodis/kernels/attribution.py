@@ -34,8 +34,10 @@ def channel_first(t: torch.Tensor) -> torch.Tensor:
         return t.unsqueeze(-1)
     if t.dim() == 3:
         return t.transpose(1, 2)
-    raise ValueError(f"cannot attribute through a layer output of shape {tuple(t.shape)}; expected [B,C,H,W], "
-                     "[B,T,C] or [B,C]")
+    raise ValueError(
+        f"cannot attribute through a layer output of shape {tuple(t.shape)}; expected [B,C,H,W], "
+        "[B,T,C] or [B,C]"
+    )
 
 
 def _from_channel_first(cf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -46,8 +48,9 @@ def _from_channel_first(cf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return cf.transpose(1, 2)
 
 
-def seeds(out: torch.Tensor, channels: torch.Tensor, start: Start = "all",
-          sites: torch.Tensor | None = None) -> torch.Tensor:
+def seeds(
+    out: torch.Tensor, channels: torch.Tensor, start: Start = "all", sites: torch.Tensor | None = None
+) -> torch.Tensor:
     """Gradient seeds for the rows of ``out`` (``L``'s output, detached): zero except row ``r``'s own
     channel ``channels[r]``, which gets ``relu(out)`` on every site (``start="all"``) or only at its
     argmax site. ``sites`` (``[R]`` flat site indices into the channel-first view) overrides the argmax."""
@@ -66,9 +69,14 @@ def seeds(out: torch.Tensor, channels: torch.Tensor, start: Start = "all",
     return _from_channel_first(g, out)
 
 
-def partial_attribution(upper: Callable[[torch.Tensor], torch.Tensor], a_lower: torch.Tensor,
-                        channels: torch.Tensor, start: Start = "all", multiply_by_input: bool = True,
-                        sites: torch.Tensor | None = None) -> torch.Tensor:
+def partial_attribution(
+    upper: Callable[[torch.Tensor], torch.Tensor],
+    a_lower: torch.Tensor,
+    channels: torch.Tensor,
+    start: Start = "all",
+    multiply_by_input: bool = True,
+    sites: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Raw (unnormalised) attribution ``[R, C']`` of each row's neuron over the channels of ``L'``.
 
     ``a_lower``: ``L'`` output rows (one per pair; repeat an image's row for each of its neurons);
@@ -77,7 +85,9 @@ def partial_attribution(upper: Callable[[torch.Tensor], torch.Tensor], a_lower: 
     default rule); ``False`` when the gradient already is relevance (an LRP composite).
     """
     if a_lower.shape[0] != channels.shape[0]:
-        raise ValueError(f"{a_lower.shape[0]} lower-layer rows but {channels.shape[0]} channels; one channel per row")
+        raise ValueError(
+            f"{a_lower.shape[0]} lower-layer rows but {channels.shape[0]} channels; one channel per row"
+        )
     a = a_lower.detach().requires_grad_(True)
     with torch.enable_grad():
         out = upper(a)
@@ -94,13 +104,18 @@ def l1_normalise(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     whose l1 is 0 (or not finite) stays all zeros."""
     l1 = raw.abs().sum(dim=1)
     ok = torch.isfinite(l1) & (l1 > 0)
-    out = torch.where(ok.unsqueeze(1), raw / torch.where(ok, l1, torch.ones_like(l1)).unsqueeze(1),
-                      torch.zeros_like(raw))
+    out = torch.where(
+        ok.unsqueeze(1), raw / torch.where(ok, l1, torch.ones_like(l1)).unsqueeze(1), torch.zeros_like(raw)
+    )
     return out, torch.where(ok, l1, torch.zeros_like(l1))
 
 
-def input_relevance(forward_to_layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                    channels: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
+def input_relevance(
+    forward_to_layer: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    channels: torch.Tensor,
+    sites: torch.Tensor,
+) -> torch.Tensor:
     """Input heatmaps ``[R, H, W]`` explaining each row's neuron at one site (its max): seed = the
     (ReLU'd) activation at ``sites[r]`` of channel ``channels[r]``, backward to the input, summed over
     colour channels. Run inside an LRP composite for LRP heatmaps; ``x`` rows are one per pair."""

@@ -49,7 +49,9 @@ def fit_sigmoid(cos: np.ndarray, target: np.ndarray, max_iter: int = 100, tol: f
     if x.shape != t.shape:
         raise ValueError(f"fit_sigmoid: cos {np.shape(cos)} and target {np.shape(target)} differ in shape")
     if t.min() == t.max():
-        raise ValueError("fit_sigmoid: the targets are all equal; calibration needs positive and negative pairs")
+        raise ValueError(
+            "fit_sigmoid: the targets are all equal; calibration needs positive and negative pairs"
+        )
     w = np.zeros(2)  # (a, c)
     design = np.stack([x, np.ones_like(x)], 1)
     converged = False

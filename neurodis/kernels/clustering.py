@@ -21,7 +21,9 @@ class Clustering(NamedTuple):
     inertia: float
 
 
-def kmeans(x: np.ndarray, k: int, n_init: int = 10, seed: int = 0, zero_status: str = "zero_attribution") -> Clustering:
+def kmeans(
+    x: np.ndarray, k: int, n_init: int = 10, seed: int = 0, zero_status: str = "zero_attribution"
+) -> Clustering:
     """k-means of the rows of ``x`` ``[n, d]``. Status ``degenerate`` when fewer than ``k`` distinct rows
     exist (k-means would duplicate centres), ``zero_status`` when every row is zero."""
     from sklearn.cluster import KMeans
@@ -41,7 +43,9 @@ def kmeans(x: np.ndarray, k: int, n_init: int = 10, seed: int = 0, zero_status: 
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # ConvergenceWarning on near-duplicate rows is expected
         km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
-    return Clustering("ok", km.labels_.astype(np.int32), km.cluster_centers_.astype(np.float32), float(km.inertia_))
+    return Clustering(
+        "ok", km.labels_.astype(np.int32), km.cluster_centers_.astype(np.float32), float(km.inertia_)
+    )
 
 
 def pairwise_distances(x: np.ndarray) -> np.ndarray:
@@ -112,8 +116,13 @@ class MethodResult(NamedTuple):
 ZERO_STATUS = {"pure": "zero_attribution", "activation": "zero_activation", "embedding": "zero_embedding"}
 
 
-def evaluate_neuron(features: dict[str, np.ndarray], embeddings: np.ndarray | None, ks: tuple[int, ...],
-                    n_init: int = 10, seed: int = 0) -> list[MethodResult]:
+def evaluate_neuron(
+    features: dict[str, np.ndarray],
+    embeddings: np.ndarray | None,
+    ks: tuple[int, ...],
+    n_init: int = 10,
+    seed: int = 0,
+) -> list[MethodResult]:
     """Cluster one neuron's ``n`` references with each method's features (``pure``: attributions,
     ``activation``: mean activations of all channels of the layer; plus ``embedding`` itself when
     embeddings ``[n, d]`` are given) for each k, and evaluate every partition on embedding distances.
@@ -124,14 +133,34 @@ def evaluate_neuron(features: dict[str, np.ndarray], embeddings: np.ndarray | No
         feats["embedding"] = embeddings
     overall = overall_distance(dist) if dist is not None else math.nan
     n = next(iter(feats.values())).shape[0]
-    out = [MethodResult("none", 1, "ok", np.zeros(n, np.int32), np.zeros((0, 0), np.float32), math.nan,
-                        overall, math.nan, overall, math.nan)]
+    out = [
+        MethodResult(
+            "none",
+            1,
+            "ok",
+            np.zeros(n, np.int32),
+            np.zeros((0, 0), np.float32),
+            math.nan,
+            overall,
+            math.nan,
+            overall,
+            math.nan,
+        )
+    ]
     for method, x in feats.items():
         corr = math.nan
         if dist is not None and method != "embedding":
             corr = distance_correlation(pairwise_distances(x), dist)
         for k in ks:
             cl = kmeans(x, k, n_init, seed, ZERO_STATUS.get(method, "degenerate"))
-            intra, inter = intra_inter(dist, cl.labels) if (dist is not None and cl.status == "ok") else (math.nan, math.nan)
-            out.append(MethodResult(method, k, cl.status, cl.labels, cl.centers, cl.inertia, intra, inter, overall, corr))
+            intra, inter = (
+                intra_inter(dist, cl.labels)
+                if (dist is not None and cl.status == "ok")
+                else (math.nan, math.nan)
+            )
+            out.append(
+                MethodResult(
+                    method, k, cl.status, cl.labels, cl.centers, cl.inertia, intra, inter, overall, corr
+                )
+            )
     return out

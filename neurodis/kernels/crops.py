@@ -76,7 +76,9 @@ def square_box(box: Box, height: int, width: int) -> Box:
     return Box(nx0, ny0, nx1, ny1)
 
 
-def crop_boxes(heat: torch.Tensor, kernel_size: int, threshold: float) -> tuple[list[Box], np.ndarray, torch.Tensor]:
+def crop_boxes(
+    heat: torch.Tensor, kernel_size: int, threshold: float
+) -> tuple[list[Box], np.ndarray, torch.Tensor]:
     """Square crop boxes for ``[N, H, W]`` signed heatmaps.
 
     Returns ``(boxes, empty, mask)``: ``empty[i]`` is true when nothing exceeded ``threshold`` (box =
@@ -101,7 +103,7 @@ def crop_boxes(heat: torch.Tensor, kernel_size: int, threshold: float) -> tuple[
 
 def apply_box(image: np.ndarray, box: Box) -> np.ndarray:
     """``image[y0:y1, x0:x1]`` of an ``[H, W, 3]`` array (a copy)."""
-    return np.array(image[box.y0: box.y1, box.x0: box.x1], copy=True)
+    return np.array(image[box.y0 : box.y1, box.x0 : box.x1], copy=True)
 
 
 def mask_outside(image: np.ndarray, mask: np.ndarray, opacity: float = 0.4) -> np.ndarray:

@@ -60,16 +60,14 @@ def standardize(m: Moments, eps: float = 1e-12) -> StandardizedProblem:
     inv_y = torch.where(oky, 1.0 / torch.where(oky, sy, torch.ones_like(sy)), torch.zeros_like(sy))
     gram = m.cov_xx * inv_x[:, None] * inv_x[None, :]
     xty = m.cov_xy * inv_x[:, None] * inv_y[None, :]
-    return StandardizedProblem(gram, xty, torch.where(okx, sx, torch.zeros_like(sx)),
-                               torch.where(oky, sy, torch.zeros_like(sy)))
+    return StandardizedProblem(
+        gram, xty, torch.where(okx, sx, torch.zeros_like(sx)), torch.where(oky, sy, torch.zeros_like(sy))
+    )
 
 
-def _soft(z: torch.Tensor, t: float) -> torch.Tensor:
-    return torch.sign(z) * (z.abs() - t).clamp_min(0.0)
-
-
-def _cd(g: np.ndarray, c: np.ndarray, w: np.ndarray, l1: float, l2: float, tol: float,
-        max_sweeps: int) -> tuple[int, bool]:
+def _cd(
+    g: np.ndarray, c: np.ndarray, w: np.ndarray, l1: float, l2: float, tol: float, max_sweeps: int
+) -> tuple[int, bool]:
     """Cyclic coordinate descent, in place on ``w`` (``[K, a]``, neuron-major). Coordinate ``j`` moves
     for every neuron at once; the residual ``r = c - w g`` (``[K, a]``) is updated only for the neurons
     whose weight moved. Runs on the host in numpy: a sweep is a sequence of tiny dependent steps, whose
@@ -116,7 +114,9 @@ def _polish(g: torch.Tensor, c: torch.Tensor, w: torch.Tensor, l1: float, l2: fl
     pair = mask[:, :, None] & mask[:, None, :]
     a = torch.where(pair, a, torch.eye(s_max, dtype=w.dtype, device=w.device).expand_as(a))
     cols = torch.arange(k, device=w.device)[:, None].expand_as(idx)
-    rhs = torch.where(mask, c[idx, cols] - l1 * torch.sign(w[idx, cols]), torch.zeros_like(idx, dtype=w.dtype))
+    rhs = torch.where(
+        mask, c[idx, cols] - l1 * torch.sign(w[idx, cols]), torch.zeros_like(idx, dtype=w.dtype)
+    )
     sol = torch.linalg.solve(a, rhs)
     out[idx[mask], cols[mask]] = sol[mask]
     return out
@@ -127,13 +127,21 @@ def _optimal(g: torch.Tensor, c: torch.Tensor, w: torch.Tensor, l1: float, l2: f
     resid = c - g @ w + l2 * 0.0
     on = w != 0
     slack = 1e-9 * max(1.0, l1)
-    grad_ok = torch.where(on, (resid - l2 * w - l1 * torch.sign(w)).abs() <= 1e-7 * max(1.0, l1),
-                          resid.abs() <= l1 + slack)
+    grad_ok = torch.where(
+        on, (resid - l2 * w - l1 * torch.sign(w)).abs() <= 1e-7 * max(1.0, l1), resid.abs() <= l1 + slack
+    )
     return grad_ok.all(0)
 
 
-def elastic_net_gram(gram: torch.Tensor, xty: torch.Tensor, lam: float, l1_ratio: float, tol: float = 1e-4,
-                     max_sweeps: int = 10_000, max_rounds: int = 100) -> ElasticNetResult:
+def elastic_net_gram(
+    gram: torch.Tensor,
+    xty: torch.Tensor,
+    lam: float,
+    l1_ratio: float,
+    tol: float = 1e-4,
+    max_sweeps: int = 10_000,
+    max_rounds: int = 100,
+) -> ElasticNetResult:
     """Minimise ``1/2 w^T G w - c^T w + lam*rho*|w|_1 + lam*(1-rho)/2 |w|^2`` for every column ``c``
     of ``xty`` (``[M, K]``) with the shared ``gram`` (``[M, M]``, positive semi-definite).
 
@@ -142,8 +150,10 @@ def elastic_net_gram(gram: torch.Tensor, xty: torch.Tensor, lam: float, l1_ratio
     polishes the weights, accepted where the optimality conditions hold. Neurons that fail go on
     with a 100x tighter ``tol``. Runs on the tensors' device and dtype (float64 recommended)."""
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or xty.ndim != 2 or xty.shape[0] != gram.shape[0]:
-        raise ValueError(f"elastic_net_gram: gram must be [M, M] and xty [M, K], got {tuple(gram.shape)} "
-                         f"and {tuple(xty.shape)}")
+        raise ValueError(
+            f"elastic_net_gram: gram must be [M, M] and xty [M, K], got {tuple(gram.shape)} "
+            f"and {tuple(xty.shape)}"
+        )
     if lam <= 0 or not 0.0 < l1_ratio <= 1.0:
         raise ValueError(f"elastic_net_gram: need lam > 0 and 0 < l1_ratio <= 1, got {lam}, {l1_ratio}")
     m, k = xty.shape
@@ -161,8 +171,15 @@ def elastic_net_gram(gram: torch.Tensor, xty: torch.Tensor, lam: float, l1_ratio
         idx = active.nonzero().flatten()
         if len(idx):
             ws = np.ascontiguousarray(wt[idx].T.cpu().numpy(), dtype=np.float64)
-            s, _ = _cd(gram[idx][:, idx].cpu().numpy().astype(np.float64),
-                       np.ascontiguousarray(c[idx].T.cpu().numpy(), dtype=np.float64), ws, l1, l2, tol, max_sweeps)
+            s, _ = _cd(
+                gram[idx][:, idx].cpu().numpy().astype(np.float64),
+                np.ascontiguousarray(c[idx].T.cpu().numpy(), dtype=np.float64),
+                ws,
+                l1,
+                l2,
+                tol,
+                max_sweeps,
+            )
             sweeps += s
             wt = torch.zeros_like(wt)
             wt[idx] = torch.from_numpy(ws.T).to(wt)
@@ -172,19 +189,26 @@ def elastic_net_gram(gram: torch.Tensor, xty: torch.Tensor, lam: float, l1_ratio
         w[:, todo] = wt
         done[todo[ok]] = True
         tol /= 100.0
-    log.warning("elastic net: %d of %d neurons did not reach the optimality conditions in %d rounds",
-                int((~done).sum()), k, max_rounds)
+    log.warning(
+        "elastic net: %d of %d neurons did not reach the optimality conditions in %d rounds",
+        int((~done).sum()),
+        k,
+        max_rounds,
+    )
     return ElasticNetResult(w, sweeps, max_rounds, False)
 
 
-def elastic_net(m: Moments, lam: float, l1_ratio: float, tol: float = 1e-4,
-                max_sweeps: int = 10_000) -> tuple[ElasticNetResult, StandardizedProblem]:
+def elastic_net(
+    m: Moments, lam: float, l1_ratio: float, tol: float = 1e-4, max_sweeps: int = 10_000
+) -> tuple[ElasticNetResult, StandardizedProblem]:
     """Elastic net on standardised inputs and targets for every neuron of ``m`` (train-split moments)."""
     problem = standardize(m)
     return elastic_net_gram(problem.gram, problem.xty, lam, l1_ratio, tol, max_sweeps), problem
 
 
-def objective(gram: torch.Tensor, xty: torch.Tensor, w: torch.Tensor, lam: float, l1_ratio: float) -> torch.Tensor:
+def objective(
+    gram: torch.Tensor, xty: torch.Tensor, w: torch.Tensor, lam: float, l1_ratio: float
+) -> torch.Tensor:
     """Per neuron, the objective without its constant ``1/2 E[y^2]`` term (for tests and diagnostics)."""
     quad = 0.5 * (w * (gram @ w)).sum(0) - (xty * w).sum(0)
     return quad + lam * l1_ratio * w.abs().sum(0) + 0.5 * lam * (1 - l1_ratio) * (w * w).sum(0)

@@ -54,7 +54,9 @@ class GreedyResult:
     val_corr: torch.Tensor  # [K] validation correlation of the final explanation (0 when empty)
 
 
-def concept_order(weights: torch.Tensor, rank_by: RankBy = "weight", prefix: int | None = None) -> torch.Tensor:
+def concept_order(
+    weights: torch.Tensor, rank_by: RankBy = "weight", prefix: int | None = None
+) -> torch.Tensor:
     """``[K, L]``: per neuron, concept indices by decreasing weight (or |weight|); ties go to the smaller
     index. ``weights`` is ``[M, K]`` (the elastic net's layout). ``prefix`` keeps the first ``L`` only."""
     key = -(weights.abs() if rank_by == "abs_weight" else weights).T
@@ -62,7 +64,9 @@ def concept_order(weights: torch.Tensor, rank_by: RankBy = "weight", prefix: int
     return order[:, :prefix] if prefix is not None else order
 
 
-def fit_subsets(train: Moments, idx: torch.Tensor, neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_subsets(
+    train: Moments, idx: torch.Tensor, neurons: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Least squares with intercept of neuron ``neurons[b]`` on concepts ``idx[b]`` (``[B, s]``):
     (weights ``[B, s]``, intercepts ``[B]``). Rank-deficient sets get the minimum-norm solution."""
     cov = train.cov_xx[idx[:, :, None], idx[:, None, :]]
@@ -72,8 +76,9 @@ def fit_subsets(train: Moments, idx: torch.Tensor, neurons: torch.Tensor) -> tup
     return w, b
 
 
-def subset_corr(m: Moments, idx: torch.Tensor, neurons: torch.Tensor, w: torch.Tensor,
-                eps: float = 1e-12) -> torch.Tensor:
+def subset_corr(
+    m: Moments, idx: torch.Tensor, neurons: torch.Tensor, w: torch.Tensor, eps: float = 1e-12
+) -> torch.Tensor:
     """Pearson correlation on split ``m`` of ``P[:, idx[b]] @ w[b]`` with neuron ``neurons[b]``; 0 where
     either side is constant."""
     cov = m.cov_xx[idx[:, :, None], idx[:, None, :]]
@@ -100,8 +105,13 @@ def _candidates(order: torch.Tensor, excluded: torch.Tensor, width: int) -> tupl
     return torch.where(valid, pos, torch.zeros_like(pos)), valid
 
 
-def greedy_search(train: Moments, val: Moments, order: torch.Tensor, params: GreedyParams = GreedyParams(),
-                  neurons: torch.Tensor | None = None) -> GreedyResult:
+def greedy_search(
+    train: Moments,
+    val: Moments,
+    order: torch.Tensor,
+    params: GreedyParams = GreedyParams(),
+    neurons: torch.Tensor | None = None,
+) -> GreedyResult:
     """Algorithm 1 for every neuron. ``order`` ``[K, L]``: each neuron's concept ranking (at least
     ``params.prefix`` long, or all concepts); ``neurons`` maps its rows to the moments' neuron
     columns (default: all, in order)."""
@@ -145,8 +155,14 @@ def greedy_search(train: Moments, val: Moments, order: torch.Tensor, params: Gre
     return _final_fit(train, val, selected, n_sel, neurons, best)
 
 
-def _final_fit(train: Moments, val: Moments, selected: torch.Tensor, n_sel: torch.Tensor, neurons: torch.Tensor,
-               best: torch.Tensor) -> GreedyResult:
+def _final_fit(
+    train: Moments,
+    val: Moments,
+    selected: torch.Tensor,
+    n_sel: torch.Tensor,
+    neurons: torch.Tensor,
+    best: torch.Tensor,
+) -> GreedyResult:
     """Weights and intercepts of each neuron's final set (grouped by length for the batched solve)."""
     k, v = selected.shape
     weights = torch.zeros(k, v, dtype=train.cov_xx.dtype, device=selected.device)
@@ -157,4 +173,6 @@ def _final_fit(train: Moments, val: Moments, selected: torch.Tensor, n_sel: torc
             w, b = fit_subsets(train, selected[rows, :s], neurons[rows])
             weights[rows, :s] = w
             intercept[rows] = b
-    return GreedyResult(selected, n_sel, weights, intercept, torch.where(n_sel > 0, best, torch.zeros_like(best)))
+    return GreedyResult(
+        selected, n_sel, weights, intercept, torch.where(n_sel > 0, best, torch.zeros_like(best))
+    )

@@ -27,7 +27,8 @@ class KMeansResult(NamedTuple):
 
 
 def _sq_dists(x: torch.Tensor, centers: torch.Tensor, xx: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, n, k]`` squared Euclidean distances (clamped at 0); ``xx`` = precomputed ``|x|^2`` ``[B, n, 1]``."""
+    """``[B, n, k]`` squared Euclidean distances (clamped at 0); ``xx`` = precomputed ``|x|^2`` ``[B, n,
+    1]``."""
     if xx is None:
         xx = (x * x).sum(-1, keepdim=True)
     cc = (centers * centers).sum(-1).unsqueeze(1)
@@ -57,7 +58,9 @@ def kmeans_pp_init(x: torch.Tensor, k: torch.Tensor, u: torch.Tensor) -> torch.T
     for j in range(1, k_max):
         total = nearest.sum(-1, keepdim=True)
         cdf = nearest.cumsum(-1) / total.clamp_min(torch.finfo(x.dtype).tiny)
-        pick = torch.searchsorted(cdf.contiguous(), u[:, j: j + 1].to(cdf.dtype).contiguous(), right=True).squeeze(1)
+        pick = torch.searchsorted(
+            cdf.contiguous(), u[:, j : j + 1].to(cdf.dtype).contiguous(), right=True
+        ).squeeze(1)
         uniform_pick = (u[:, j] * n).long()
         pick = torch.where(total.squeeze(1) > 0, pick, uniform_pick).clamp_(0, n - 1)
         live = j < k
@@ -137,7 +140,9 @@ def silhouette(dist: torch.Tensor, labels: torch.Tensor, k_max: int) -> torch.Te
     a = sums.gather(-1, own).squeeze(-1) / (own_count - 1.0).clamp_min(1.0)
     mean_to = sums / counts.unsqueeze(2).clamp_min(1.0)
     inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
-    other = torch.where((counts.unsqueeze(2) > 0) & (torch.arange(k_max, device=dist.device) != own), mean_to, inf)
+    other = torch.where(
+        (counts.unsqueeze(2) > 0) & (torch.arange(k_max, device=dist.device) != own), mean_to, inf
+    )
     bb = other.min(-1).values
     denom = torch.maximum(a, bb)
     s = torch.where((own_count > 1) & torch.isfinite(bb) & (denom > 0), (bb - a) / denom, torch.zeros_like(a))
@@ -165,7 +170,9 @@ def nmi(a: torch.Tensor, b: torch.Tensor, ka: int, kb: int) -> torch.Tensor:
     n = joint.sum((-1, -2))
     pa, pb = joint.sum(-1), joint.sum(-2)
     outer = pa.unsqueeze(-1) * pb.unsqueeze(-2)
-    ratio = torch.where(joint > 0, joint * n.unsqueeze(-1).unsqueeze(-1) / outer.clamp_min(1e-300), torch.ones_like(joint))
+    ratio = torch.where(
+        joint > 0, joint * n.unsqueeze(-1).unsqueeze(-1) / outer.clamp_min(1e-300), torch.ones_like(joint)
+    )
     mi = (joint / n.unsqueeze(-1).unsqueeze(-1) * torch.log(ratio)).sum((-1, -2)).clamp_min(0.0)
     ha, hb = entropy_from_counts(pa), entropy_from_counts(pb)
     both_constant = ((pa > 0).sum(-1) == 1) & ((pb > 0).sum(-1) == 1)

@@ -40,9 +40,15 @@ class MomentAccumulator:
     column means) should be close to the true means. ``compute_dtype`` is the dtype of the chunk
     products (float32 is faster on large chunks; the sums are always float64)."""
 
-    def __init__(self, n_concepts: int, n_neurons: int, shift_x: torch.Tensor | None = None,
-                 shift_y: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                 compute_dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self,
+        n_concepts: int,
+        n_neurons: int,
+        shift_x: torch.Tensor | None = None,
+        shift_y: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+        compute_dtype: torch.dtype = torch.float64,
+    ) -> None:
         self.m, self.k = n_concepts, n_neurons
         self.device = torch.device(device)
         self.compute_dtype = compute_dtype
@@ -59,8 +65,10 @@ class MomentAccumulator:
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows: ``x`` ``[n, M]`` concept values, ``y`` ``[n, K]`` activations of the same images."""
         if x.shape[0] != y.shape[0] or x.shape[1] != self.m or y.shape[1] != self.k:
-            raise ValueError(f"MomentAccumulator.add: expected [n, {self.m}] and [n, {self.k}], "
-                             f"got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"MomentAccumulator.add: expected [n, {self.m}] and [n, {self.k}], "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         if x.shape[0] == 0:
             return
         x = x.to(self.device, torch.float64)
@@ -88,7 +96,9 @@ class MomentAccumulator:
         assert self.shift_x is not None and other.shift_x is not None
         assert self.shift_y is not None and other.shift_y is not None
         if not (torch.equal(self.shift_x, other.shift_x) and torch.equal(self.shift_y, other.shift_y)):
-            raise ValueError("MomentAccumulator.merge: accumulators with different shifts; give both the same shift")
+            raise ValueError(
+                "MomentAccumulator.merge: accumulators with different shifts; give both the same shift"
+            )
         out = MomentAccumulator(self.m, self.k, self.shift_x, self.shift_y, self.device, self.compute_dtype)
         out.n = self.n + other.n
         for name in ("sx", "sy", "sxx", "sxy", "syy"):

@@ -54,8 +54,10 @@ class PsiParams:
         if self.n_null < 2 or self.n_init < 1 or self.max_iter < 1:
             raise ValueError("n_null must be >= 2, n_init and max_iter >= 1")
         if self.d_null == "reference" and self.s_null == "row_rotation":
-            raise ValueError("d_null 'reference' needs S-null sets in the neuron's own span (s_null gaussian or "
-                             "paper_rotation); row_rotation draws unrelated directions")
+            raise ValueError(
+                "d_null 'reference' needs S-null sets in the neuron's own span (s_null gaussian or "
+                "paper_rotation); row_rotation draws unrelated directions"
+            )
 
 
 class Calibrated(NamedTuple):
@@ -90,8 +92,14 @@ class Draws:
     d_perm: torch.Tensor  # [N, M, n] permutations (random_partition) or [N, M, C] (paper_shuffle)
 
 
-def draw(rngs: Sequence[np.random.Generator], n: int, d: int, n_concepts: int, p: PsiParams,
-         dtype: torch.dtype = torch.float32) -> Draws:
+def draw(
+    rngs: Sequence[np.random.Generator],
+    n: int,
+    d: int,
+    n_concepts: int,
+    p: PsiParams,
+    dtype: torch.dtype = torch.float32,
+) -> Draws:
     """Draw each neuron's random numbers from its own generator, always in the same order."""
     m, nk, k_max = p.n_null, len(p.k_range), max(p.k_range)
     noise_cols = d if p.s_null == "row_rotation" else n
@@ -131,7 +139,9 @@ def row_space_coords(z: torch.Tensor, text: torch.Tensor | None = None) -> Any:
     coords = (evecs * sv.unsqueeze(1)).to(z.dtype)
     if text is None:
         return coords
-    inv = torch.where(sv > 1e-9 * sv[..., :1].clamp_min(1e-300), 1.0 / sv.clamp_min(1e-300), torch.zeros_like(sv))
+    inv = torch.where(
+        sv > 1e-9 * sv[..., :1].clamp_min(1e-300), 1.0 / sv.clamp_min(1e-300), torch.zeros_like(sv)
+    )
     basis = torch.matmul(zd.transpose(1, 2), evecs * inv.unsqueeze(1))  # [N, d, r], orthonormal columns
     return coords, torch.matmul(text.double(), basis).to(z.dtype)
 
@@ -224,7 +234,9 @@ def shared_rotation_reference(coords: torch.Tensor, noise: torch.Tensor) -> torc
     return torch.einsum("bnr,bmrs->bmns", coords, _haar(noise[..., :r, :r]))
 
 
-def randomised_neuron(z: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def randomised_neuron(
+    z: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """A *null neuron* made from a real one: its embeddings replaced by one draw of the Gaussian S-null
     reference (:func:`gaussian_reference`, in the full embedding space) and its labels permuted, so
     S and Q are at chance for it by construction; real neurons are compared against such neurons
@@ -251,7 +263,9 @@ def s_null_sets(coords: torch.Tensor, draws: Draws, p: PsiParams) -> torch.Tenso
 # S: best silhouette over K'
 
 
-def best_partition(x: torch.Tensor, u: torch.Tensor, p: PsiParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def best_partition(
+    x: torch.Tensor, u: torch.Tensor, p: PsiParams
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k-means (best of ``n_init`` by inertia) for every K', cosine silhouette, best K'.
 
     x: ``[B, n, r]``; u: ``[B, len(K), n_init, k_max]``. Returns (silhouettes ``[B, len(K)]``,
@@ -272,7 +286,9 @@ def best_partition(x: torch.Tensor, u: torch.Tensor, p: PsiParams) -> tuple[torc
     return sil, best_k, lab
 
 
-def _s_scores(x: torch.Tensor, u: torch.Tensor, p: PsiParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _s_scores(
+    x: torch.Tensor, u: torch.Tensor, p: PsiParams
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     sil, best_k, lab = best_partition(x, u, p)
     s = sil.gather(1, best_k.unsqueeze(1)).squeeze(1).clamp_min(0.0)
     part = lab[torch.arange(lab.shape[0]), best_k]
@@ -299,8 +315,14 @@ def prototype_gap(z: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, k_m
     return (gaps * live).sum(-1) / live.sum(-1).clamp_min(1)
 
 
-def _d_scores(z: torch.Tensor, part: torch.Tensor, text: torch.Tensor, draws: Draws, p: PsiParams,
-              reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _d_scores(
+    z: torch.Tensor,
+    part: torch.Tensor,
+    text: torch.Tensor,
+    draws: Draws,
+    p: PsiParams,
+    reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """reference (for ``d_null: reference``): the S-null sets ``[N, M, n, r]``, their best partitions
     ``[N, M, n]`` and the concepts in each neuron's row-space coordinates ``[N, C, r]``."""
     k_max = max(p.k_range)
@@ -309,8 +331,12 @@ def _d_scores(z: torch.Tensor, part: torch.Tensor, text: torch.Tensor, draws: Dr
         assert reference is not None
         sets, parts, text_coords = reference
         n_neurons, m = parts.shape[:2]
-        null = prototype_gap(sets.flatten(0, 1), parts.flatten(0, 1).unsqueeze(1),
-                             text_coords.repeat_interleave(m, 0).unsqueeze(1), k_max).view(n_neurons, m)
+        null = prototype_gap(
+            sets.flatten(0, 1),
+            parts.flatten(0, 1).unsqueeze(1),
+            text_coords.repeat_interleave(m, 0).unsqueeze(1),
+            k_max,
+        ).view(n_neurons, m)
     elif p.d_null == "random_partition":
         shuffled = part.gather(1, draws.d_perm.flatten(1)).view(draws.d_perm.shape)  # same cluster sizes
         null = prototype_gap(z, shuffled, text, k_max)
@@ -336,8 +362,9 @@ def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, known
 
 
-def _q_scores(part: torch.Tensor, labels: np.ndarray | None, draws: Draws, p: PsiParams
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def _q_scores(
+    part: torch.Tensor, labels: np.ndarray | None, draws: Draws, p: PsiParams
+) -> tuple[torch.Tensor, torch.Tensor]:
     n_neurons, n = part.shape
     m = draws.q_perm.shape[1]
     if labels is None:
@@ -394,9 +421,14 @@ def combine(*components: Calibrated) -> tuple[np.ndarray, np.ndarray]:
 # The whole batch
 
 
-def psi_batch(z: np.ndarray | torch.Tensor, labels: np.ndarray | None, text: np.ndarray | torch.Tensor,
-              rngs: Sequence[np.random.Generator], params: PsiParams,
-              dtype: torch.dtype = torch.float32) -> PsiBatch:
+def psi_batch(
+    z: np.ndarray | torch.Tensor,
+    labels: np.ndarray | None,
+    text: np.ndarray | torch.Tensor,
+    rngs: Sequence[np.random.Generator],
+    params: PsiParams,
+    dtype: torch.dtype = torch.float32,
+) -> PsiBatch:
     """S, Q, D with their nulls and calibration for ``N`` neurons.
 
     z: ``[N, n, d]`` unit rows; labels: ``[N, n]`` integer class ids, negative = unknown (a neuron with
@@ -425,8 +457,10 @@ def psi_batch(z: np.ndarray | torch.Tensor, labels: np.ndarray | None, text: np.
     k_hat = torch.tensor(params.k_range)[best_k.view(n_neurons, 1 + m)[:, 0]]
     q_obs, q_null = _q_scores(part, None if labels is None else np.asarray(labels), draws, params)
     d_obs, d_null = _d_scores(zt, part, tt, draws, params, (nulls, parts[:, 1:], text_coords))
-    cal = [calibrate(o.double().numpy(), nl.double().numpy(), params.eps, params.tie_tol)
-           for o, nl in ((s_all[:, 0], s_all[:, 1:]), (q_obs, q_null), (d_obs, d_null))]
+    cal = [
+        calibrate(o.double().numpy(), nl.double().numpy(), params.eps, params.tie_tol)
+        for o, nl in ((s_all[:, 0], s_all[:, 1:]), (q_obs, q_null), (d_obs, d_null))
+    ]
     psi, log_psi = combine(*cal)
     sil = sil_all.view(n_neurons, 1 + m, -1)[:, 0]
     return PsiBatch(cal[0], cal[1], cal[2], psi, log_psi, k_hat.numpy(), part.numpy(), sil.double().numpy())

@@ -54,4 +54,6 @@ def summarize(out: torch.Tensor, token_reduce: TokenReduce = "mean") -> Summary:
         patches = x[:, prefix:, :]
         mx, idx = patches.max(dim=1)
         return Summary(mean, mx, (idx // gw).to(torch.int32), (idx % gw).to(torch.int32))
-    raise ValueError(f"cannot summarise a layer output of shape {tuple(out.shape)}: expected [B,C,H,W], [B,T,C] or [B,C]")
+    raise ValueError(
+        f"cannot summarise a layer output of shape {tuple(out.shape)}: expected [B,C,H,W], [B,T,C] or [B,C]"
+    )

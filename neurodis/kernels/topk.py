@@ -21,8 +21,12 @@ class TopK(NamedTuple):
 
 
 def empty_top_k(channels: int) -> TopK:
-    return TopK(np.zeros((0, channels), np.float32), np.zeros((0, channels), np.int64),
-                np.zeros((0, channels), np.int32), np.zeros((0, channels), np.int32))
+    return TopK(
+        np.zeros((0, channels), np.float32),
+        np.zeros((0, channels), np.int64),
+        np.zeros((0, channels), np.int32),
+        np.zeros((0, channels), np.int32),
+    )
 
 
 def _select(values: np.ndarray, ids: np.ndarray, h: np.ndarray, w: np.ndarray, k: int) -> TopK:
@@ -35,8 +39,12 @@ def _select(values: np.ndarray, ids: np.ndarray, h: np.ndarray, w: np.ndarray, k
     # lexsort along axis 0: last key is primary -> (-value) ascending, then image id ascending.
     order = np.lexsort((ids, -key), axis=0)[:k]
     take = lambda a: np.take_along_axis(a, order, axis=0)  # noqa: E731
-    return TopK(take(values).astype(np.float32), take(ids).astype(np.int64),
-                take(h).astype(np.int32), take(w).astype(np.int32))
+    return TopK(
+        take(values).astype(np.float32),
+        take(ids).astype(np.int64),
+        take(h).astype(np.int32),
+        take(w).astype(np.int32),
+    )
 
 
 def top_k(values: np.ndarray, image_ids: np.ndarray, h: np.ndarray, w: np.ndarray, k: int) -> TopK:

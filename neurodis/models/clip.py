@@ -28,8 +28,12 @@ log = logging.getLogger(__name__)
 
 RANDOM = "random"
 CLIP_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.", "a close-up photo of a {}.", "a cropped photo of a {}.",
-    "a photo of the {}.", "a good photo of a {}.", "an image of a {}.",
+    "a photo of a {}.",
+    "a close-up photo of a {}.",
+    "a cropped photo of a {}.",
+    "a photo of the {}.",
+    "a good photo of a {}.",
+    "an image of a {}.",
 )
 
 
@@ -68,17 +72,24 @@ def _cached_tag_file(model: str, tag: str, cache_dir: str | None) -> str | None:
     return None
 
 
-def resolve_checkpoint(model: str, checkpoint: str | None, cache_dir: str | None = None) -> tuple[str | None, str]:
+def resolve_checkpoint(
+    model: str, checkpoint: str | None, cache_dir: str | None = None
+) -> tuple[str | None, str]:
     """(file to load or None for random weights, a short identity of the weights for config hashes)."""
-    hint = ("set embed.checkpoint to a local weights file for this model, to a pretrained tag whose file is already "
-            f"in the cache (tags for {model}: {{tags}}), or to 'random' for random weights (tests only)")
+    hint = (
+        "set embed.checkpoint to a local weights file for this model, to a pretrained tag whose file is "
+        "already "
+        f"in the cache (tags for {model}: {{tags}}), or to 'random' for random weights (tests only)"
+    )
     import open_clip
 
     known = open_clip.list_pretrained_tags_by_model(model)
     tags = (", ".join(known[:6]) + (", ..." if len(known) > 6 else "")) or "none"
     if checkpoint is None or checkpoint == "":
-        raise SpecError(f"embed.checkpoint is missing: open_clip model {model!r} needs weights and nothing is "
-                        f"downloaded at run time; {hint.format(tags=tags)}")
+        raise SpecError(
+            f"embed.checkpoint is missing: open_clip model {model!r} needs weights and nothing is "
+            f"downloaded at run time; {hint.format(tags=tags)}"
+        )
     if checkpoint == RANDOM:
         return None, RANDOM
     p = Path(checkpoint).expanduser()
@@ -88,9 +99,14 @@ def resolve_checkpoint(model: str, checkpoint: str | None, cache_dir: str | None
     found = _cached_tag_file(model, checkpoint, cache_dir)
     if found:
         return found, f"tag:{checkpoint}"
-    what = "is not a file" if ("/" in checkpoint or checkpoint.endswith((".pt", ".bin", ".safetensors"))) else \
-        "is neither a file nor a pretrained tag already in the local cache"
-    raise SpecError(f"embed.checkpoint {checkpoint!r} for open_clip model {model!r} {what}; {hint.format(tags=tags)}")
+    what = (
+        "is not a file"
+        if ("/" in checkpoint or checkpoint.endswith((".pt", ".bin", ".safetensors")))
+        else "is neither a file nor a pretrained tag already in the local cache"
+    )
+    raise SpecError(
+        f"embed.checkpoint {checkpoint!r} for open_clip model {model!r} {what}; {hint.format(tags=tags)}"
+    )
 
 
 def _preprocess_overrides(model: str, checkpoint: str | None) -> dict[str, Any]:
@@ -100,16 +116,27 @@ def _preprocess_overrides(model: str, checkpoint: str | None) -> dict[str, Any]:
     from open_clip.pretrained import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(model, checkpoint)
-    keys = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
-            "resize_mode": "image_resize_mode"}
+    keys = {
+        "mean": "image_mean",
+        "std": "image_std",
+        "interpolation": "image_interpolation",
+        "resize_mode": "image_resize_mode",
+    }
     return {arg: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k, arg in keys.items() if k in cfg}
 
 
 class OpenClipEmbedder:
     """An open_clip model as an :class:`~neurodis.models.embedder.Embedder`."""
 
-    def __init__(self, model: str, checkpoint: str | None, device: str | torch.device = "cpu",
-                 cache_dir: str | None = None, batch_size: int = 128, name: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        checkpoint: str | None,
+        device: str | torch.device = "cpu",
+        cache_dir: str | None = None,
+        batch_size: int = 128,
+        name: str | None = None,
+    ) -> None:
         import open_clip
 
         if model not in _known_models():
@@ -117,7 +144,9 @@ class OpenClipEmbedder:
 
             close = difflib.get_close_matches(model, _known_models(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SpecError(f"embed.embedder: open_clip has no model {model!r}{hint}; see open_clip.list_models()")
+            raise SpecError(
+                f"embed.embedder: open_clip has no model {model!r}{hint}; see open_clip.list_models()"
+            )
         path, self.identity = resolve_checkpoint(model, checkpoint, cache_dir)
         overrides = _preprocess_overrides(model, checkpoint)
         self.model_name = model
@@ -125,12 +154,15 @@ class OpenClipEmbedder:
         self.batch_size = batch_size
         self._name = name or f"open_clip:{model}"
         try:
-            net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=path, device=self.device,
-                                                                       cache_dir=cache_dir, **overrides)
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=path, device=self.device, cache_dir=cache_dir, **overrides
+            )
         except (RuntimeError, OSError, KeyError, ValueError) as e:
-            raise SpecError(f"embed.checkpoint {checkpoint!r} cannot be loaded into open_clip model {model!r} "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); pass weights "
-                            "saved for this model") from None
+            raise SpecError(
+                f"embed.checkpoint {checkpoint!r} cannot be loaded into open_clip model {model!r} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); pass weights "
+                "saved for this model"
+            ) from None
         self.net = net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -158,10 +190,13 @@ class OpenClipEmbedder:
             try:
                 self._tokenizer = open_clip.get_tokenizer(self.model_name, cache_dir=self.cache_dir)
             except Exception as e:  # noqa: BLE001 - hub errors come in many types
-                raise SpecError(f"the tokenizer of open_clip model {self.model_name!r} is not available offline "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); SigLIP tokenizers "
-                                "need the transformers package and the Hugging Face hub: populate its cache (HF_HOME) "
-                                "on a machine with network, or embed images only (embed.targets)") from None
+                raise SpecError(
+                    f"the tokenizer of open_clip model {self.model_name!r} is not available offline "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); SigLIP "
+                    "tokenizers "
+                    "need the transformers package and the Hugging Face hub: populate its cache (HF_HOME) "
+                    "on a machine with network, or embed images only (embed.targets)"
+                ) from None
         return self._tokenizer
 
     def _encode(self, fn: Any, batch: torch.Tensor) -> np.ndarray:
@@ -175,7 +210,7 @@ class OpenClipEmbedder:
 
         out = [np.zeros((0, self.dim), np.float32)]
         for i in range(0, len(images), self.batch_size):
-            chunk = images[i: i + self.batch_size]
+            chunk = images[i : i + self.batch_size]
             x = torch.stack([self.preprocess(Image.fromarray(np.asarray(im, np.uint8))) for im in chunk])
             out.append(self._encode(self.net.encode_image, x))
         return np.concatenate(out)
@@ -184,5 +219,5 @@ class OpenClipEmbedder:
         tok = self.tokenizer()
         out = [np.zeros((0, self.dim), np.float32)]
         for i in range(0, len(texts), self.batch_size):
-            out.append(self._encode(self.net.encode_text, tok(list(texts[i: i + self.batch_size]))))
+            out.append(self._encode(self.net.encode_text, tok(list(texts[i : i + self.batch_size]))))
         return np.concatenate(out)

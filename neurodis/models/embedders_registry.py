@@ -25,7 +25,9 @@ def _testbed(name: str) -> Callable[[], Embedder]:
         try:
             module = importlib.import_module("neurodis.testbed.embedders")
         except ImportError as e:
-            raise ValueError(f"embedder {name!r} needs neurodis.testbed.embedders, which cannot be imported ({e})") from None
+            raise ValueError(
+                f"embedder {name!r} needs neurodis.testbed.embedders, which cannot be imported ({e})"
+            ) from None
         make = getattr(module, "get_oracle", None) or getattr(module, "oracle_embedder", None)
         table = getattr(module, "EMBEDDERS", None)  # the testbed's own name -> factory table
         if make is None and isinstance(table, dict) and name in table:
@@ -33,6 +35,7 @@ def _testbed(name: str) -> Callable[[], Embedder]:
         if make is None:
             raise ValueError(f"embedder {name!r}: neurodis.testbed.embedders has no get_oracle(name) factory")
         return make(name)  # type: ignore[no-any-return]
+
     return factory
 
 
@@ -46,14 +49,17 @@ EMBEDDERS: dict[str, Callable[[], Any]] = {
 OPEN_CLIP_PREFIX = "open_clip:"  # "open_clip:<model>": any open_clip model (neurodis.models.clip)
 
 
-def get_embedder(name: str, checkpoint: str | None = None, device: str | None = None,
-                 cache_dir: str | None = None) -> Embedder:
+def get_embedder(
+    name: str, checkpoint: str | None = None, device: str | None = None, cache_dir: str | None = None
+) -> Embedder:
     """The embedder registered as ``name``, ``open_clip:<model>`` (weights from ``checkpoint``: a local
     file, a cached pretrained tag, or ``random``), or built by the callable at ``package.module:callable``."""
     if name.startswith(OPEN_CLIP_PREFIX):
         from neurodis.models.clip import OpenClipEmbedder
 
-        emb: Any = OpenClipEmbedder(name[len(OPEN_CLIP_PREFIX):], checkpoint, device or "cpu", cache_dir, name=name)
+        emb: Any = OpenClipEmbedder(
+            name[len(OPEN_CLIP_PREFIX) :], checkpoint, device or "cpu", cache_dir, name=name
+        )
     elif name in EMBEDDERS:
         emb = EMBEDDERS[name]()
     elif ":" in name:
@@ -63,15 +69,21 @@ def get_embedder(name: str, checkpoint: str | None = None, device: str | None = 
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"embedder {name!r}: cannot import {attr!r} from {module_name!r} ({e})") from None
+            raise ValueError(
+                f"embedder {name!r}: cannot import {attr!r} from {module_name!r} ({e})"
+            ) from None
         emb = obj()
     else:
         import difflib
 
         close = difflib.get_close_matches(name, list(EMBEDDERS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown embedder {name!r}{hint}; known: {sorted(EMBEDDERS)} or 'package.module:callable'")
+        raise ValueError(
+            f"unknown embedder {name!r}{hint}; known: {sorted(EMBEDDERS)} or 'package.module:callable'"
+        )
     if not isinstance(emb, Embedder):
-        raise ValueError(f"embedder {name!r} built a {type(emb).__name__}, which lacks the Embedder interface "
-                         "(name, dim, embed_images, embed_texts)")
+        raise ValueError(
+            f"embedder {name!r} built a {type(emb).__name__}, which lacks the Embedder interface "
+            "(name, dim, embed_images, embed_texts)"
+        )
     return emb

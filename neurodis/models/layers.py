@@ -13,8 +13,19 @@ from torch import nn
 from neurodis.types import SpecError
 
 _ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.ELU)
-_PLAIN_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d,
-                 nn.AdaptiveAvgPool2d, nn.Identity, nn.Flatten, *_ACTIVATIONS)
+_PLAIN_LAYERS = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Identity,
+    nn.Flatten,
+    *_ACTIVATIONS,
+)
 
 
 @dataclass(frozen=True)
@@ -47,18 +58,19 @@ def _channels(shape: tuple[int, ...]) -> int | None:
 
 
 @contextlib.contextmanager
-def hooked(model: nn.Module, paths: Sequence[str],
-           fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+def hooked(model: nn.Module, paths: Sequence[str], fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
     """Call ``fn(path, output)`` for each named module's output; hooks are always removed."""
     modules = dict(model.named_modules())
     handles = []
     try:
         for path in paths:
+
             def hook(_m: nn.Module, _i: object, out: object, path: str = path) -> None:
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 if isinstance(out, torch.Tensor):
                     fn(path, out)
+
             handles.append(modules[path].register_forward_hook(hook))
         yield
     finally:

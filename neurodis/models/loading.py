@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurodis.config import ModelConfig, PreprocessConfig, _did_you_mean
+from neurodis.sections import ModelConfig, PreprocessConfig, did_you_mean
 from neurodis.types import SpecError
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,10 @@ def _import_builder(arch: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise SpecError(f"model.arch {arch!r}: cannot import module {module_name!r} ({e}); install the package "
-                        "or run from the folder that holds it") from None
+        raise SpecError(
+            f"model.arch {arch!r}: cannot import module {module_name!r} ({e}); install the package "
+            "or run from the folder that holds it"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -56,8 +58,10 @@ def build_architecture(cfg: ModelConfig) -> nn.Module:
 
     names = _torchvision_names()
     if cfg.arch not in names:
-        raise SpecError(f"model.arch: unknown architecture {cfg.arch!r}{_did_you_mean(cfg.arch, names)}; "
-                        "use a torchvision model name or 'package.module:callable'")
+        raise SpecError(
+            f"model.arch: unknown architecture {cfg.arch!r}{did_you_mean(cfg.arch, names)}; "
+            "use a torchvision model name or 'package.module:callable'"
+        )
     # Random weights are seeded, so the driver (which hashes them) and every worker hold the same
     # model; audit a trained model by passing model.checkpoint.
     with torch.random.fork_rng(devices=[]):
@@ -74,20 +78,34 @@ def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> None:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if "WeightsUnpickler" in text else ""
+        detail = (
+            text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]
+            if "WeightsUnpickler" in text
+            else ""
+        )
         if "Unsupported global" in text:
-            raise SpecError(f"model.checkpoint {str(p)!r} holds non-tensor objects that weights_only=True refuses "
-                            f"({detail[:160]}); save model.state_dict() instead") from None
-        raise SpecError(f"model.checkpoint {str(p)!r} is not a readable torch checkpoint ({detail[:160] or 'unpickling failed'}); "
-                        "pass a file saved with torch.save(model.state_dict())") from None
+            raise SpecError(
+                f"model.checkpoint {str(p)!r} holds non-tensor objects that weights_only=True refuses "
+                f"({detail[:160]}); save model.state_dict() instead"
+            ) from None
+        raise SpecError(
+            f"model.checkpoint {str(p)!r} is not a readable torch checkpoint "
+            f"({detail[:160] or 'unpickling failed'}); "
+            "pass a file saved with torch.save(model.state_dict())"
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise SpecError(f"model.checkpoint {str(p)!r} is not a readable torch checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160] if str(e) else ''}); pass a file saved with torch.save(state_dict)") from None
+        raise SpecError(
+            f"model.checkpoint {str(p)!r} is not a readable torch checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160] if str(e) else ''}); pass a file saved with "
+            "torch.save(state_dict)"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SpecError(f"model.checkpoint {str(p)!r} is not a state_dict (a mapping of parameter names to tensors); "
-                        "save model.state_dict()")
+        raise SpecError(
+            f"model.checkpoint {str(p)!r} is not a state_dict (a mapping of parameter names to tensors); "
+            "save model.state_dict()"
+        )
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -100,9 +118,14 @@ def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> None:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
         if shapes:
             k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {k!r}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
-        raise SpecError(f"model.checkpoint {str(p)!r} does not fit model.arch {arch!r}: {', '.join(parts)}; "
-                        "use the checkpoint saved from this architecture")
+            parts.append(
+                f"{len(shapes)} shape mismatches (e.g. {k!r}: checkpoint {tuple(state[k].shape)} vs model "
+                f"{tuple(own[k].shape)})"
+            )
+        raise SpecError(
+            f"model.checkpoint {str(p)!r} does not fit model.arch {arch!r}: {', '.join(parts)}; "
+            "use the checkpoint saved from this architecture"
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -124,9 +147,12 @@ def resolve_preprocess(cfg: ModelConfig, model: nn.Module | None = None) -> Prep
         return cfg.preprocess
     declared = getattr(model, "preprocess_config", None) if model is not None else None
     if isinstance(declared, dict):
-        return PreprocessConfig(resize=int(declared["resize"]), crop=int(declared["crop"]),
-                                mean=tuple(declared.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-                                std=tuple(declared.get("std", IMAGENET_STD)))  # type: ignore[arg-type]
+        return PreprocessConfig(
+            resize=int(declared["resize"]),
+            crop=int(declared["crop"]),
+            mean=tuple(declared.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+            std=tuple(declared.get("std", IMAGENET_STD)),
+        )  # type: ignore[arg-type]
     if ":" not in cfg.arch:
         try:
             import torchvision
@@ -136,10 +162,16 @@ def resolve_preprocess(cfg: ModelConfig, model: nn.Module | None = None) -> Prep
             resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else int(t.resize_size)
             crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else int(t.crop_size)
             if crop == cfg.input_size:
-                return PreprocessConfig(resize=int(resize), crop=int(crop), mean=tuple(t.mean), std=tuple(t.std))  # type: ignore[arg-type]
+                return PreprocessConfig(
+                    resize=int(resize), crop=int(crop), mean=tuple(t.mean), std=tuple(t.std)
+                )  # type: ignore[arg-type]
             scale = resize / crop
-            return PreprocessConfig(resize=round(cfg.input_size * scale), crop=cfg.input_size,
-                                    mean=tuple(t.mean), std=tuple(t.std))  # type: ignore[arg-type]
+            return PreprocessConfig(
+                resize=round(cfg.input_size * scale),
+                crop=cfg.input_size,
+                mean=tuple(t.mean),
+                std=tuple(t.std),
+            )  # type: ignore[arg-type]
         except (ValueError, StopIteration, AttributeError, KeyError):
             log.debug("no torchvision weights metadata for %s; using defaults", cfg.arch)
     return PreprocessConfig(resize=cfg.input_size, crop=cfg.input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -43,8 +43,9 @@ def make_composite(name: str, canonizers: Sequence[Any] | None) -> Any:
 
 
 @contextlib.contextmanager
-def lrp(module: nn.Module, composite: str = "epsilon_plus", canonizers: Sequence[Any] | None = None
-        ) -> Iterator[nn.Module]:
+def lrp(
+    module: nn.Module, composite: str = "epsilon_plus", canonizers: Sequence[Any] | None = None
+) -> Iterator[nn.Module]:
     """Register an LRP composite (with canonizers, default ``canonizers_for(module)``) on ``module``;
     hooks and canonizers are removed on exit, also after an exception (or a failed registration)."""
     comp = make_composite(composite, canonizers_for(module) if canonizers is None else canonizers)

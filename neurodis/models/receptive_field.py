@@ -6,7 +6,8 @@ theoretical receptive field carries gradient), the input gradient of one output 
 its nonzero support gives the field. Two sites are probed -- the first and the last -- so the field
 is measured even when it is larger than the probe image: the first site's far edge and the last
 site's near edge are inside the image as long as the field is smaller than about twice the input;
-otherwise the input is enlarged by a quarter and the probe repeated. Functional activations (``torch.relu`` in a
+otherwise the input is enlarged by a quarter and the probe repeated. Functional activations (``torch.relu`` in
+a
 ``forward``) cannot be swapped out; a few random inputs are accumulated to cover their zeros.
 
 Vector outputs and token outputs (ViTs: attention mixes every patch) see the whole image.
@@ -58,8 +59,13 @@ def _linearised(model: nn.Module) -> nn.Module:
         if isinstance(module, _ACTIVATIONS):
             replacement = nn.Identity()
         elif isinstance(module, nn.MaxPool2d):
-            replacement = nn.AvgPool2d(module.kernel_size, module.stride, module.padding,  # type: ignore[arg-type]
-                                       ceil_mode=module.ceil_mode, count_include_pad=True)
+            replacement = nn.AvgPool2d(
+                module.kernel_size,
+                module.stride,
+                module.padding,  # type: ignore[arg-type]
+                ceil_mode=module.ceil_mode,
+                count_include_pad=True,
+            )
         if replacement is not None and name:
             parent_name, _, attr = name.rpartition(".")
             parent = twin.get_submodule(parent_name) if parent_name else twin
@@ -87,8 +93,9 @@ def _output_at(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     return store["out"]
 
 
-def _support(model: nn.Module, layer: str, size: int, probes: int, seed: int
-             ) -> tuple[tuple[int, int], list[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]]]:
+def _support(
+    model: nn.Module, layer: str, size: int, probes: int, seed: int
+) -> tuple[tuple[int, int], list[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]]]:
     """(output H, W) and, for the first and last site, ((row lo, hi), (col lo, hi)) of the gradient
     support, plus the sites themselves."""
     g = torch.Generator().manual_seed(seed)
@@ -115,8 +122,9 @@ def _support(model: nn.Module, layer: str, size: int, probes: int, seed: int
     return (h, w), [(f[0], f[1], f[2], f[3]) for f in found]
 
 
-def _axis(first: tuple[int, int], last: tuple[int, int], n_out: int, size: int, stride: int
-          ) -> tuple[int, float] | None:
+def _axis(
+    first: tuple[int, int], last: tuple[int, int], n_out: int, size: int, stride: int
+) -> tuple[int, float] | None:
     """(field size, centre of site 0) along one axis, or None when clipped on the measured sides."""
     hi_first, lo_last = first[1], last[0]
     if hi_first >= size - 1 or lo_last <= 0:
@@ -130,12 +138,15 @@ def _axis(first: tuple[int, int], last: tuple[int, int], n_out: int, size: int, 
     return extent, hi_first + 1 - extent / 2.0
 
 
-def _probe(twin: nn.Module, layer: str, input_size: int, probes: int, seed: int, start: int,
-           max_input: int) -> tuple[ReceptiveField, int]:
+def _probe(
+    twin: nn.Module, layer: str, input_size: int, probes: int, seed: int, start: int, max_input: int
+) -> tuple[ReceptiveField, int]:
     with torch.no_grad():
         probe_out = _output_at(twin, layer, torch.zeros(1, 3, input_size, input_size))
     if probe_out.dim() == 2:
-        return ReceptiveField((input_size, input_size), (input_size, input_size), (input_size / 2, input_size / 2), True), start
+        return ReceptiveField(
+            (input_size, input_size), (input_size, input_size), (input_size / 2, input_size / 2), True
+        ), start
     if probe_out.dim() == 3:
         from neurodis.kernels.summaries import token_grid
 
@@ -157,8 +168,14 @@ def _probe(twin: nn.Module, layer: str, input_size: int, probes: int, seed: int,
     raise ValueError(f"layer {layer!r}: the receptive field is larger than a {max_input}-pixel probe input")
 
 
-def receptive_fields(model: nn.Module, layers: list[str], input_size: int, probes: int = 2, seed: int = 0,
-                     max_input: int = 2048) -> dict[str, ReceptiveField]:
+def receptive_fields(
+    model: nn.Module,
+    layers: list[str],
+    input_size: int,
+    probes: int = 2,
+    seed: int = 0,
+    max_input: int = 2048,
+) -> dict[str, ReceptiveField]:
     """Stride and receptive field of each layer for square inputs of ``input_size`` pixels (the model
     is not modified). Raises ``ValueError`` when a layer has no tensor output, does not depend on the
     input, or its field does not fit a ``max_input``-pixel probe."""
@@ -170,7 +187,8 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: int, probe
     return out
 
 
-def receptive_field(model: nn.Module, layer: str, input_size: int, probes: int = 2, seed: int = 0,
-                    max_input: int = 2048) -> ReceptiveField:
+def receptive_field(
+    model: nn.Module, layer: str, input_size: int, probes: int = 2, seed: int = 0, max_input: int = 2048
+) -> ReceptiveField:
     """:func:`receptive_fields` for one layer."""
     return receptive_fields(model, [layer], input_size, probes, seed, max_input)[layer]

@@ -60,8 +60,9 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(f)
 
 
-def run_until(model: nn.Module, x: torch.Tensor, stop: str,
-              replace: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+def run_until(
+    model: nn.Module, x: torch.Tensor, stop: str, replace: Mapping[str, torch.Tensor] | None = None
+) -> torch.Tensor:
     """The output of module ``stop`` for input ``x``; the forward pass ends right after it.
 
     ``replace`` maps module paths to tensors that stand in for those modules' outputs (their batch
@@ -87,7 +88,9 @@ def run_until(model: nn.Module, x: torch.Tensor, stop: str,
         for h in handles:
             h.remove()
     if "out" not in store:
-        raise RuntimeError(f"module {stop!r} did not produce a tensor in the forward pass; pick another layer")
+        raise RuntimeError(
+            f"module {stop!r} did not produce a tensor in the forward pass; pick another layer"
+        )
     return store["out"]
 
 
@@ -97,17 +100,20 @@ def capture(model: nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:
         return run_until(model, x, path).detach()
 
 
-def capture_many(model: nn.Module, x: torch.Tensor, paths: Sequence[str], stop: str | None = None
-                 ) -> dict[str, torch.Tensor]:
+def capture_many(
+    model: nn.Module, x: torch.Tensor, paths: Sequence[str], stop: str | None = None
+) -> dict[str, torch.Tensor]:
     """Outputs of several modules in one no-grad pass that ends after ``stop`` (default: a full pass)."""
     store: dict[str, torch.Tensor] = {}
     handles = []
     try:
         for p in paths:
+
             def hook(_m: nn.Module, _i: Any, out: Any, p: str = p) -> None:
                 t = _first_tensor(out)
                 if t is not None and p not in store:
                     store[p] = t.detach()
+
             handles.append(_module(model, p).register_forward_hook(hook))
         with torch.no_grad():
             if stop is None:
@@ -139,7 +145,7 @@ def _tail_after(module: nn.Module, rest: Sequence[str]) -> list[nn.Module] | Non
     inner = _tail_after(dict(_children(module))[rest[0]], rest[1:])
     if inner is None:
         return None
-    return inner + [m for _, m in _children(module)[i + 1:]]
+    return inner + [m for _, m in _children(module)[i + 1 :]]
 
 
 def _head_upto(module: nn.Module, rest: Sequence[str]) -> list[nn.Module] | None:
@@ -175,11 +181,11 @@ def module_chain(model: nn.Module, lower: str, layer: str) -> list[nn.Module] | 
     ia, ib = names.index(lp[i]), names.index(tp[i])
     if ia >= ib:
         return None
-    tail = _tail_after(dict(_children(parent))[lp[i]], lp[i + 1:])
-    head = _head_upto(dict(_children(parent))[tp[i]], tp[i + 1:])
+    tail = _tail_after(dict(_children(parent))[lp[i]], lp[i + 1 :])
+    head = _head_upto(dict(_children(parent))[tp[i]], tp[i + 1 :])
     if tail is None or head is None:
         return None
-    return tail + [m for _, m in _children(parent)[ia + 1: ib]] + head
+    return tail + [m for _, m in _children(parent)[ia + 1 : ib]] + head
 
 
 class SubNetwork:
@@ -193,7 +199,9 @@ class SubNetwork:
         self.lower = lower
         self.layer = layer
         chain = module_chain(model, lower, layer)
-        self.chain: list[nn.Module] | None = chain if chain is not None and self._verify(chain, example) else None
+        self.chain: list[nn.Module] | None = (
+            chain if chain is not None and self._verify(chain, example) else None
+        )
         log.debug("sub-network %s -> %s runs as %s", lower, layer, self.mode)
 
     @property
@@ -230,8 +238,10 @@ class SubNetwork:
                 y = m(y)
             return y
         if x is None:
-            raise ValueError(f"sub-network {self.lower} -> {self.layer} is not a chain of modules; pass the "
-                             "input images of the rows")
+            raise ValueError(
+                f"sub-network {self.lower} -> {self.layer} is not a chain of modules; pass the "
+                "input images of the rows"
+            )
         return run_until(self.model, x, self.layer, replace={self.lower: a_lower})
 
 

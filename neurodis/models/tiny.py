@@ -36,7 +36,12 @@ class TinyCNN(nn.Module):
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() > 1 else 0.1))
-        self.preprocess_config = {"resize": 32, "crop": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+        self.preprocess_config = {
+            "resize": 32,
+            "crop": 32,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer2(self.layer1(self.stem(x)))
@@ -60,17 +65,22 @@ class ToyEmbedder:
 
     @property
     def dim(self) -> int:
-        return self.bins ** 3
+        return self.bins**3
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         out = np.zeros((len(images), self.dim), np.float32)
         for i, img in enumerate(images):
             q = (np.asarray(img, np.uint16)[..., :3] * self.bins // 256).reshape(-1, 3)
-            h = np.bincount((q[:, 0] * self.bins + q[:, 1]) * self.bins + q[:, 2], minlength=self.dim).astype(np.float32)
+            h = np.bincount((q[:, 0] * self.bins + q[:, 1]) * self.bins + q[:, 2], minlength=self.dim).astype(
+                np.float32
+            )
             out[i] = h / max(float(np.linalg.norm(h)), 1e-12)
         return out
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim) for t in texts]) \
-            if texts else np.zeros((0, self.dim))
+        out = (
+            np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim) for t in texts])
+            if texts
+            else np.zeros((0, self.dim))
+        )
         return (out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)

@@ -1,13 +1,13 @@
-"""`neurodis demo`: audit the ground-truth testbed with every stage that exists and score each
-method against the planted truth (``scorecard.json``).
+"""`neurodis demo`: audit the ground-truth testbed with every method and score each one against the
+planted truth (``scorecard.json``).
 
-A method whose stage is not part of this build, or that did not run, is reported as
+Each method of the registry that has a scorer (``score_against_truth`` in its runtime module) gets
+its own scorecard section under its name. A method that did not run is reported as
 ``{"status": "absent"}``: the scorecard never carries a made-up number.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import shutil
@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from neurodis.config import STAGE_ORDER, spec_from_dict
+from neurodis import registry
+from neurodis.config import spec_from_dict
 from neurodis.io.atomic import write_json_atomic, write_parquet_atomic
-from neurodis.io.tables import read_table
 from neurodis.orchestration.audit import run_audit
 from neurodis.orchestration.runners import Runner
 
@@ -45,16 +43,13 @@ class DemoConfig:
 
 def demo_spec(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     """The audit spec the demo runs (also shipped as jobs/testbed.yaml)."""
-    stages = [s for s in ("forward", "pure", "embed", "psi", "explain") if s in STAGE_ORDER]
-    raw: dict[str, Any] = {
+    return {
         "model": {"arch": "neurodis.testbed.model:load_testbed_model", "name": "testbed"},
         "data": {"kind": "imagefolder", "root": str(out / "probe")},
         "layers": [LOWER_LAYER, PLANTED_LAYER],
-        "stages": stages,
+        "stages": ["forward", "pure", "embed", "psi", "explain"],
         "forward": {"top_k": max(cfg.n_ref, cfg.psi_top_k), "batch_size": 128, "shard_size": 500},
         "output": str(out),
-    }
-    optional = {
         # crops (LRP heatmaps per neuron and reference) cost minutes on CPU; ARI needs attributions only
         "pure": {"n_ref": cfg.n_ref, "layers": [PLANTED_LAYER], "k": [2, 3], "crops": False},
         "embed": {"embedder": "oracle-a", "concepts": "testbed"},
@@ -62,43 +57,10 @@ def demo_spec(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         # the planted layer: its head follows global pooling, so ablations take the exact fast path
         "explain": {"explainers": ["label", "oracle-a"], "simulator": "oracle-b", "layers": [PLANTED_LAYER]},
     }
-    for stage, section in optional.items():
-        if stage in stages:
-            raw[stage] = section
-    return raw
 
 
 def _absent(why: str) -> dict[str, Any]:
     return {"status": "absent", "why": why}
-
-
-def _scorer(module: str, stage: str, spec_stages: list[str]) -> Any:
-    """The stage's ``score_against_truth`` if the stage exists in this build and ran."""
-    if stage not in spec_stages:
-        return None
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    return getattr(mod, "score_against_truth", None)
-
-
-def reference_precision(run: Path, truth: dict[str, Any], metadata: list[dict[str, Any]]) -> dict[str, Any]:
-    """Forward stage: for each planted neuron, the share of its top references that show at least one
-    of its concepts (from the world's per-image metadata, not from the model)."""
-    concepts_of = {int(m["index"]): set(m["concepts"]) for m in metadata}
-    images = read_table(run, "images")
-    index_of = {i: int(Path(p).stem) for i, p in zip(images["image_id"].to_pylist(), images["path"].to_pylist())}
-    refs = read_table(run, "references").to_pylist()
-    by_neuron: dict[tuple[str, int], list[int]] = {}
-    for r in refs:
-        by_neuron.setdefault((r["layer"], int(r["channel"])), []).append(int(r["image_id"]))
-    scores: dict[str, list[float]] = {}
-    for n in truth.get("neurons", truth.get("planted", [])):
-        ids = by_neuron.get((n["layer"], int(n["channel"])), [])
-        hits = [bool(set(n["concepts"]) & concepts_of[index_of[i]]) for i in ids]
-        scores.setdefault(n["kind"], []).append(float(np.mean(hits)) if hits else 0.0)
-    return {f"{k}_mean": round(float(np.mean(v)), 4) for k, v in sorted(scores.items())}
 
 
 def embedder_auroc(world: Any, n: int = 400) -> dict[str, Any]:
@@ -123,19 +85,25 @@ def embedder_auroc(world: Any, n: int = 400) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for emb in (oracle_a(), oracle_b()):
         t = emb.embed_texts(list(CONCEPTS))
-        for kind, images, present in (("images", [s.image for s in samples], [set(s.concepts) for s in samples]),
-                                      ("crops", crops, crop_concepts)):
+        for kind, images, present in (
+            ("images", [s.image for s in samples], [set(s.concepts) for s in samples]),
+            ("crops", crops, crop_concepts),
+        ):
             sims = emb.embed_images(images) @ t.T
             names = CONCEPTS if kind == "images" else [c for c in CONCEPTS if "background" not in c]
-            aucs = [roc_auc_score([c in p for p in present], sims[:, CONCEPTS.index(c)]) for c in names
-                    if 0 < sum(c in p for p in present) < len(present)]
+            aucs = [
+                roc_auc_score([c in p for p in present], sims[:, CONCEPTS.index(c)])
+                for c in names
+                if 0 < sum(c in p for p in present) < len(present)
+            ]
             out[f"{emb.name}_{kind}_min"] = round(float(min(aucs)), 4)
     out["min"] = min(v for v in out.values())
     return out
 
 
-def build_scorecard(run: Path, testbed_dir: Path, spec_stages: list[str], metadata: list[dict[str, Any]],
-                    world: Any) -> dict[str, Any]:
+def build_scorecard(
+    run: Path, testbed_dir: Path, spec_stages: list[str], metadata: list[dict[str, Any]], world: Any
+) -> dict[str, Any]:
     from neurodis.testbed.truth import label_aliases
 
     truth = json.loads((testbed_dir / "ground_truth.json").read_text())
@@ -143,26 +111,31 @@ def build_scorecard(run: Path, testbed_dir: Path, spec_stages: list[str], metada
     summary = report.get("summary", {})
     emb = embedder_auroc(world)
     card: dict[str, Any] = {
-        "testbed": {"detector_auroc_min": summary.get("min_detector_auroc"),
-                    "embedder_auroc_min": emb["min"], "embedder_auroc": emb,
-                    "head_accuracy": summary.get("head_accuracy"),
-                    "planted": {k: sum(1 for n in truth.get("neurons", truth.get("planted", [])) if n["kind"] == k) for k in ("mono", "poly", "linear")},
-                    "model_dir": str(testbed_dir)},
-        "forward": {"reference_precision": reference_precision(run, truth, metadata)},
+        "testbed": {
+            "detector_auroc_min": summary.get("min_detector_auroc"),
+            "embedder_auroc_min": emb["min"],
+            "embedder_auroc": emb,
+            "head_accuracy": summary.get("head_accuracy"),
+            "planted": {
+                k: sum(1 for n in truth.get("neurons", truth.get("planted", [])) if n["kind"] == k)
+                for k in ("mono", "poly", "linear")
+            },
+            "model_dir": str(testbed_dir),
+        },
     }
-    methods: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
-        ("pure", "neurodis.stages.pure", "pure", {}), ("psi", "neurodis.stages.psi", "psi", {}),
-        ("le", "neurodis.stages.explain", "explain", {"aliases": label_aliases()}))  # label names of one concept
-    for key, module, stage, options in methods:
-        scorer = _scorer(module, stage, spec_stages)
+    truth = {**truth, "probe_metadata": metadata, "label_aliases": label_aliases()}
+    for method in registry.METHODS:
+        scorer = method.scorer()
         if scorer is None:
-            card[key] = _absent(f"stage {stage!r} is not part of this build")
+            continue
+        if method.stage not in spec_stages:
+            card[method.name] = _absent(f"stage {method.stage!r} did not run")
             continue
         try:
-            card[key] = scorer(run, truth, **options)
+            card[method.name] = scorer(run, truth)
         except Exception as e:  # noqa: BLE001 - one method's scoring failure never loses the scorecard
-            log.exception("scoring %s failed", key)
-            card[key] = {"status": "error", "error": f"{type(e).__name__}: {e}"}
+            log.exception("scoring %s failed", method.name)
+            card[method.name] = {"status": "error", "error": f"{type(e).__name__}: {e}"}
     card["patch_swap"] = _absent("causal patch-swap interventions are not built yet")
     return card
 
@@ -203,7 +176,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, runner: Runner | No
     write_probe(world, out / "probe")
     write_probe_truth(testbed_dir, world, out / "probe_truth.parquet")
     spec = spec_from_dict(demo_spec(cfg, out))
-    summary = run_audit(spec, runner=runner, overwrite=True)  # the demo's folder is its own: recompute stale stages
+    summary = run_audit(
+        spec, runner=runner, overwrite=True
+    )  # the demo's folder is its own: recompute stale stages
     card = build_scorecard(out, testbed_dir, list(spec.stages), read_metadata(out / "probe"), world)
     card["seconds"] = round(time.time() - t0, 1)
     write_json_atomic(card, out / "scorecard.json")
@@ -215,14 +190,20 @@ def render_scorecard(card: dict[str, Any]) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = ["scorecard (against the planted ground truth):"]
-    for key in ("testbed", "forward", "pure", "psi", "le", "patch_swap"):
+    keys = ["testbed", *(m.name for m in registry.METHODS if m.name in card), "patch_swap"]
+    for key in keys:
         section = card.get(key, {})
         if section.get("status") == "absent":
             lines.append(f"  {key:<10} absent ({section.get('why', '')})")
             continue
         flat = {k: v for k, v in section.items() if not isinstance(v, (dict, list)) and k != "model_dir"}
-        nested = {f"{k}.{kk}": vv for k, v in section.items() if isinstance(v, dict) for kk, vv in v.items()
-                  if not isinstance(vv, (dict, list))}
+        nested = {
+            f"{k}.{kk}": vv
+            for k, v in section.items()
+            if isinstance(v, dict)
+            for kk, vv in v.items()
+            if not isinstance(vv, (dict, list))
+        }
         items = {**flat, **nested}
         lines.append(f"  {key:<10} " + ", ".join(f"{k}={fmt(v)}" for k, v in items.items()))
     return "\n".join(lines)

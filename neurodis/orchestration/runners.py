@@ -9,27 +9,26 @@ import logging
 import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+from neurodis.pipeline.step import Resources
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Resources:
-    """What one worker of a stage asks for."""
-
-    cpus: float = 1.0
-    gpus: float = 0.0
-    threads: int = 1  # torch threads inside the worker
-
-
 class Runner(Protocol):
-    def map_actors(self, factory: Callable[[], Any], method: str, items: Sequence[Any],
-                   resources: Resources, workers: int) -> Iterator[dict[str, Any]]: ...
+    def map_actors(
+        self,
+        factory: Callable[[], Any],
+        method: str,
+        items: Sequence[Any],
+        resources: Resources,
+        workers: int,
+    ) -> Iterator[dict[str, Any]]: ...
 
-    def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
-                  resources: Resources) -> Iterator[dict[str, Any]]: ...
+    def map_tasks(
+        self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]], resources: Resources
+    ) -> Iterator[dict[str, Any]]: ...
 
     def cluster_gpus(self) -> float: ...
 
@@ -39,16 +38,23 @@ class Runner(Protocol):
 class LocalRunner:
     """Everything in this process, one item at a time (tests, debugging, no Ray start-up cost)."""
 
-    def map_actors(self, factory: Callable[[], Any], method: str, items: Sequence[Any],
-                   resources: Resources, workers: int) -> Iterator[dict[str, Any]]:
+    def map_actors(
+        self,
+        factory: Callable[[], Any],
+        method: str,
+        items: Sequence[Any],
+        resources: Resources,
+        workers: int,
+    ) -> Iterator[dict[str, Any]]:
         if not items:
             return
         worker = factory()
         for item in items:
             yield getattr(worker, method)(item)
 
-    def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
-                  resources: Resources) -> Iterator[dict[str, Any]]:
+    def map_tasks(
+        self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]], resources: Resources
+    ) -> Iterator[dict[str, Any]]:
         for args in items:
             yield fn(*args)
 
@@ -77,7 +83,9 @@ class _AttemptCounter:
 class _ActorAdapter:
     """Ray Data callable class: builds the worker once per actor, runs one item per batch row."""
 
-    def __init__(self, factory: Callable[[], Any], method: str, threads: int, counter: Any, retries: int) -> None:
+    def __init__(
+        self, factory: Callable[[], Any], method: str, threads: int, counter: Any, retries: int
+    ) -> None:
         import ray
         import torch
 
@@ -86,7 +94,11 @@ class _ActorAdapter:
         self.method = method
         self.counter, self.retries = counter, retries
         ctx = ray.get_runtime_context()
-        self.placement = {"node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}
+        self.placement = {
+            "node": ctx.get_node_id(),
+            "gpus": [str(g) for g in ray.get_gpu_ids()],
+            "pid": os.getpid(),
+        }
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         results = []
@@ -97,9 +109,12 @@ class _ActorAdapter:
             n = int(ray.get(self.counter.start.remote(int(index))))
             if n > self.retries + 1:
                 unit = getattr(item, "unit", f"item-{int(index)}")
-                r = {"unit": unit, "error": f"worker died on all {n - 1} attempts (the process exited while "
-                                            "running this unit: out of memory, a crash in native code, or a "
-                                            "lost node)"}
+                r = {
+                    "unit": unit,
+                    "error": f"worker died on all {n - 1} attempts (the process exited while "
+                    "running this unit: out of memory, a crash in native code, or a "
+                    "lost node)",
+                }
             else:
                 r = getattr(self.worker, self.method)(item)
             r["placement"] = self.placement
@@ -124,8 +139,14 @@ class RayRunner:
     """GPU-stage workers as a Ray Data actor pool (model loaded once per actor); CPU stages as
     Ray tasks with a bounded number in flight. Results are small metadata dicts."""
 
-    def __init__(self, address: str | None = None, max_in_flight: int | None = None, retries: int = 3,
-                 env_vars: dict[str, str] | None = None, wait_for_workers_s: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        max_in_flight: int | None = None,
+        retries: int = 3,
+        env_vars: dict[str, str] | None = None,
+        wait_for_workers_s: int | None = None,
+    ) -> None:
         ensure_ray(address)
         import ray
 
@@ -144,8 +165,14 @@ class RayRunner:
     def cluster_cpus(self) -> float:
         return float(self.ray.cluster_resources().get("CPU", 1.0))
 
-    def map_actors(self, factory: Callable[[], Any], method: str, items: Sequence[Any],
-                   resources: Resources, workers: int) -> Iterator[dict[str, Any]]:
+    def map_actors(
+        self,
+        factory: Callable[[], Any],
+        method: str,
+        items: Sequence[Any],
+        resources: Resources,
+        workers: int,
+    ) -> Iterator[dict[str, Any]]:
         if not items:
             return
         import ray.data
@@ -156,18 +183,25 @@ class RayRunner:
         wait_before = ctx.wait_for_min_actors_s
         if self.wait_for_workers_s is not None:  # for this call only: the context is process-wide
             ctx.wait_for_min_actors_s = int(self.wait_for_workers_s)
-        ds = ray.data.from_items([{"index": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
-                                 override_num_blocks=len(items))
+        ds = ray.data.from_items(
+            [{"index": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
+            override_num_blocks=len(items),
+        )
         # Ray Data restarts a dead actor and retries its item; the counter bounds that at `retries`
         # retries, after which the item comes back as a failed unit and the others go on. It lives on
         # the driver's node, as long as the driver does.
         here = NodeAffinitySchedulingStrategy(node_id=self.ray.get_runtime_context().get_node_id(), soft=True)
         counter: Any = self.ray.remote(_AttemptCounter).options(num_cpus=0, scheduling_strategy=here).remote()
-        out = ds.map_batches(_ActorAdapter, fn_constructor_args=(factory, method, resources.threads, counter,
-                                                                 self.retries),
-                             batch_size=1, batch_format="numpy",
-                             compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
-                             num_cpus=resources.cpus, num_gpus=resources.gpus or None, runtime_env=self.runtime_env)
+        out = ds.map_batches(
+            _ActorAdapter,
+            fn_constructor_args=(factory, method, resources.threads, counter, self.retries),
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
+            num_cpus=resources.cpus,
+            num_gpus=resources.gpus or None,
+            runtime_env=self.runtime_env,
+        )
         try:
             for row in out.iter_rows():
                 yield pickle.loads(row["result"])
@@ -175,10 +209,14 @@ class RayRunner:
             ctx.wait_for_min_actors_s = wait_before
             self.ray.kill(counter)
 
-    def map_tasks(self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]],
-                  resources: Resources) -> Iterator[dict[str, Any]]:
-        options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus,
-                                   "max_retries": self.retries}
+    def map_tasks(
+        self, fn: Callable[..., dict[str, Any]], items: Sequence[tuple[Any, ...]], resources: Resources
+    ) -> Iterator[dict[str, Any]]:
+        options: dict[str, Any] = {
+            "num_cpus": resources.cpus,
+            "num_gpus": resources.gpus,
+            "max_retries": self.retries,
+        }
         if self.runtime_env:
             options["runtime_env"] = self.runtime_env
         remote = self.ray.remote(**options)(fn)

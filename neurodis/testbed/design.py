@@ -80,13 +80,18 @@ DESIGN: tuple[PlantedSpec, ...] = (
 )
 
 
-def unexcluded_pairs(spec: PlantedSpec, exclusions: tuple[tuple[str, str], ...] = DEFAULT_EXCLUSIONS
-                     ) -> list[tuple[str, str]]:
+def unexcluded_pairs(
+    spec: PlantedSpec, exclusions: tuple[tuple[str, str], ...] = DEFAULT_EXCLUSIONS
+) -> list[tuple[str, str]]:
     """Pairs of a neuron's concepts that one image can show together in a world with these exclusions."""
     ex = {frozenset(p) for p in exclusions}
     cs = spec.concepts
-    return [(a, b) for i, a in enumerate(cs) for b in cs[i + 1:]
-            if frozenset((a, b)) not in ex and not (a in BACKGROUNDS and b in BACKGROUNDS)]
+    return [
+        (a, b)
+        for i, a in enumerate(cs)
+        for b in cs[i + 1 :]
+        if frozenset((a, b)) not in ex and not (a in BACKGROUNDS and b in BACKGROUNDS)
+    ]
 
 
 @dataclass(frozen=True)
@@ -107,13 +112,17 @@ def _mono_channels(planted: tuple[tuple[int, PlantedSpec], ...]) -> dict[str, in
     return {spec.concepts[0]: ch for ch, spec in planted if spec.kind == "mono"}
 
 
-def layout(seed: int, lower_width: int, planted_width: int, design: tuple[PlantedSpec, ...] = DESIGN) -> Layout:
+def layout(
+    seed: int, lower_width: int, planted_width: int, design: tuple[PlantedSpec, ...] = DESIGN
+) -> Layout:
     """Detector channels (one per concept), planted channels and the hidden units their OR-gates use,
     from seeded permutations."""
     n_poly = sum(spec.kind == "poly" for spec in design)
     if lower_width < len(CONCEPTS) or planted_width < max(len(design), n_poly):
-        raise ValueError(f"layer widths ({lower_width}, {planted_width}) too small for {len(CONCEPTS)} detectors "
-                         f"and {len(design)} planted neurons")
+        raise ValueError(
+            f"layer widths ({lower_width}, {planted_width}) too small for {len(CONCEPTS)} detectors "
+            f"and {len(design)} planted neurons"
+        )
     rng = np.random.default_rng([seed, 0x7E57BED])
     low = rng.permutation(lower_width)[: len(CONCEPTS)]
     high = rng.permutation(planted_width)[: len(design)]
@@ -127,6 +136,10 @@ def layout(seed: int, lower_width: int, planted_width: int, design: tuple[Plante
     missing = [spec.concepts for _, spec in three if spec.concepts[2] not in mono]
     if missing:
         raise ValueError(f"3-way OR neurons {missing} need a mono neuron for their third concept")
-    return Layout(detectors={c: int(ch) for c, ch in zip(CONCEPTS, low)}, planted=planted, gate_units=gates,
-                  chain_units={ch: int(hidden2[k]) for k, (ch, _) in enumerate(three)},
-                  chain_sources={ch: mono[spec.concepts[2]] for ch, spec in three})
+    return Layout(
+        detectors={c: int(ch) for c, ch in zip(CONCEPTS, low)},
+        planted=planted,
+        gate_units=gates,
+        chain_units={ch: int(hidden2[k]) for k, (ch, _) in enumerate(three)},
+        chain_sources={ch: mono[spec.concepts[2]] for ch, spec in three},
+    )

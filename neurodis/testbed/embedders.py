@@ -32,25 +32,54 @@ Reader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 _TEMPLATE_WORDS = frozenset(
     "a an the of photo photograph picture image rendering drawing painting close up closeup crop "
     "this that is there with in on some small large big thing things object objects shape shapes "
-    "showing shows containing contains of it its".split())
+    "showing shows containing contains of it its".split()
+)
 # phrase -> concepts it names (longest phrases are matched first)
 _ALIASES: dict[str, tuple[str, ...]] = {
-    "violet": ("purple",), "round": ("circle",), "disk": ("circle",), "disc": ("circle",),
-    "circles": ("circle",), "squares": ("square",), "triangles": ("triangle",), "triangular": ("triangle",),
-    "stripe": ("stripes",), "striped": ("stripes",), "dot": ("dots",), "dotted": ("dots",),
-    "polka dots": ("dots",), "spots": ("dots",), "spotted": ("dots",), "checkered": ("checker",),
-    "checkerboard": ("checker",), "chequered": ("checker",), "checks": ("checker",),
-    "grass": ("grass background",), "grassy": ("grass background",), "lawn": ("grass background",),
-    "sky": ("sky background",), "sand": ("sand background",), "sandy": ("sand background",),
-    "desert": ("sand background",), "beach": ("sand background",), "night": ("night background",),
-    "night sky": ("night background",), "starry sky": ("night background",), "stars": ("night background",),
-    "warm colours": ("red", "yellow"), "warm colors": ("red", "yellow"), "warm colour": ("red", "yellow"),
-    "warm color": ("red", "yellow"), "cool colours": ("green", "blue", "purple"),
-    "cool colors": ("green", "blue", "purple"), "cool colour": ("green", "blue", "purple"),
+    "violet": ("purple",),
+    "round": ("circle",),
+    "disk": ("circle",),
+    "disc": ("circle",),
+    "circles": ("circle",),
+    "squares": ("square",),
+    "triangles": ("triangle",),
+    "triangular": ("triangle",),
+    "stripe": ("stripes",),
+    "striped": ("stripes",),
+    "dot": ("dots",),
+    "dotted": ("dots",),
+    "polka dots": ("dots",),
+    "spots": ("dots",),
+    "spotted": ("dots",),
+    "checkered": ("checker",),
+    "checkerboard": ("checker",),
+    "chequered": ("checker",),
+    "checks": ("checker",),
+    "grass": ("grass background",),
+    "grassy": ("grass background",),
+    "lawn": ("grass background",),
+    "sky": ("sky background",),
+    "sand": ("sand background",),
+    "sandy": ("sand background",),
+    "desert": ("sand background",),
+    "beach": ("sand background",),
+    "night": ("night background",),
+    "night sky": ("night background",),
+    "starry sky": ("night background",),
+    "stars": ("night background",),
+    "warm colours": ("red", "yellow"),
+    "warm colors": ("red", "yellow"),
+    "warm colour": ("red", "yellow"),
+    "warm color": ("red", "yellow"),
+    "cool colours": ("green", "blue", "purple"),
+    "cool colors": ("green", "blue", "purple"),
+    "cool colour": ("green", "blue", "purple"),
     "cool color": ("green", "blue", "purple"),
 }
 _PHRASES: dict[str, tuple[str, ...]] = {**{c: (c,) for c in CONCEPTS}, **_ALIASES}
-_PHRASE_RE = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(_PHRASES, key=len, reverse=True)) + r")\b")
+_PHRASE_RE = re.compile(
+    r"\b(" + "|".join(re.escape(p) for p in sorted(_PHRASES, key=len, reverse=True)) + r")\b"
+)
 
 
 def parse_text(text: str) -> tuple[dict[str, float], list[str]]:
@@ -93,7 +122,8 @@ _VARIANTS: dict[str, _Variant] = {
 
 
 class OracleEmbedder:
-    """A pixel-statistics embedder of the testbed world; ``OracleEmbedder("oracle-a")`` or ``("oracle-b")``."""
+    """A pixel-statistics embedder of the testbed world; ``OracleEmbedder("oracle-a")`` or
+    ``("oracle-b")``."""
 
     def __init__(self, name: str = "oracle-a") -> None:
         if name not in _VARIANTS:
@@ -114,7 +144,11 @@ class OracleEmbedder:
 
     def concept_scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``[n, len(CONCEPTS)]`` reader scores in [0, 1] (the part of the embedding that carries meaning)."""
-        return np.stack([self._v.reader(im)[0] for im in images]) if len(images) else np.zeros((0, len(CONCEPTS)))
+        return (
+            np.stack([self._v.reader(im)[0] for im in images])
+            if len(images)
+            else np.zeros((0, len(CONCEPTS)))
+        )
 
     def _features(self, image: np.ndarray) -> np.ndarray:
         scores, nuisance = self._v.reader(image)
@@ -123,7 +157,8 @@ class OracleEmbedder:
         if self._v.jitter > 0:
             digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
             emb = emb + self._v.jitter * max(float(np.linalg.norm(scores)), 0.5) * _hashed_unit(
-                digest, self.dim, self._name)
+                digest, self.dim, self._name
+            )
         return emb
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:

@@ -19,11 +19,13 @@ TOP_K = 100
 
 
 @torch.no_grad()
-def upper_outputs(model: TestbedNet, lower: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def upper_outputs(
+    model: TestbedNet, lower: torch.Tensor, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(``layer3`` output ``[N, C3, h, w]``, logits ``[N, classes]``) from ``layer2`` outputs."""
     feats, logits = [], []
     for i in range(0, len(lower), batch_size):
-        f = model.layer3(lower[i:i + batch_size])
+        f = model.layer3(lower[i : i + batch_size])
         feats.append(f)
         logits.append(model.head(f))
     return torch.cat(feats), torch.cat(logits)
@@ -48,7 +50,9 @@ def or_behaviour(smax: np.ndarray, present: np.ndarray, spec: PlantedSpec) -> di
     out["auroc_any"] = float(roc_auc_score(anyp, smax)) if 0 < anyp.sum() < len(anyp) else float("nan")
     top = np.argsort(-smax, kind="stable")[:TOP_K]
     out["top_exactly_one"] = float((n_present[top] == 1).mean())
-    out["top_share"] = {c: float((present[top, j] & (n_present[top] == 1)).mean()) for j, c in enumerate(spec.concepts)}
+    out["top_share"] = {
+        c: float((present[top, j] & (n_present[top] == 1)).mean()) for j, c in enumerate(spec.concepts)
+    }
     return out
 
 
@@ -64,8 +68,9 @@ def linear_behaviour(smean: np.ndarray, present: np.ndarray, spec: PlantedSpec) 
     }
 
 
-def ablation_effects(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, head: nn.Sequential,
-                     channels: list[int]) -> dict[int, dict[str, float]]:
+def ablation_effects(
+    logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, head: nn.Sequential, channels: list[int]
+) -> dict[int, dict[str, float]]:
     """Zero-ablating a ``layer3`` channel: the head is global-average-pool + linear, so the ablated logits
     are ``logits - W[:, c] * gap_c``. Returns the change of mean cross-entropy and of accuracy."""
     linear = head[-1]
@@ -74,7 +79,7 @@ def ablation_effects(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Te
     base_acc = (logits.argmax(1) == labels).float().mean()
     out = {}
     for c in channels:
-        ablated = logits - gap[:, c:c + 1] * linear.weight[:, c].unsqueeze(0)
+        ablated = logits - gap[:, c : c + 1] * linear.weight[:, c].unsqueeze(0)
         out[c] = {
             "delta_ce": float(nn.functional.cross_entropy(ablated, labels) - base_ce),
             "delta_acc": float((ablated.argmax(1) == labels).float().mean() - base_acc),
@@ -94,8 +99,12 @@ def evaluate(model: TestbedNet, heldout: Arrays, layout: Layout) -> dict[str, An
     for ch, spec in layout.planted:
         present = _presence(heldout, spec.concepts)
         fmap = feats[:, ch]
-        entry: dict[str, Any] = {"channel": ch, "kind": spec.kind, "concepts": list(spec.concepts),
-                                 "ablation": effects[ch]}
+        entry: dict[str, Any] = {
+            "channel": ch,
+            "kind": spec.kind,
+            "concepts": list(spec.concepts),
+            "ablation": effects[ch],
+        }
         if spec.kind == "linear":
             entry.update(linear_behaviour(fmap.mean(dim=(1, 2)).numpy(), present, spec))
         else:

@@ -48,8 +48,15 @@ from neurodis.testbed.training import (
 )
 from neurodis.testbed.world import CLASS_LABELS, CONCEPTS, WorldConfig
 
-__all__ = ["TESTBED_VERSION", "TestbedNet", "TrainConfig", "build_testbed", "default_cache_dir",
-           "load_testbed_model", "testbed_key"]
+__all__ = [
+    "TESTBED_VERSION",
+    "TestbedNet",
+    "TrainConfig",
+    "build_testbed",
+    "default_cache_dir",
+    "load_testbed_model",
+    "testbed_key",
+]
 
 log = logging.getLogger(__name__)
 #: bump when a change to the world, the design or the training changes what gets built
@@ -73,9 +80,13 @@ def _code_only(source: str) -> str:
     tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree)
 
@@ -91,8 +102,16 @@ def source_digest() -> str:
 def testbed_key(seed: int, world: WorldConfig, train: TrainConfig) -> str:
     """Cache key: seed, the world's distribution (not its size or seed), the training config, the
     testbed version and the digest of its code."""
-    blob = json.dumps({"version": TESTBED_VERSION, "code": source_digest(), "seed": seed,
-                       "world": world.distribution_key(), "train": dataclasses.asdict(train)}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "version": TESTBED_VERSION,
+            "code": source_digest(),
+            "seed": seed,
+            "world": world.distribution_key(),
+            "train": dataclasses.asdict(train),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -130,22 +149,35 @@ def _ground_truth(seed: int, world: WorldConfig, lay: Layout, wirings: list[Wiri
     by_channel = {w.channel: w for w in wirings}
     neurons = []
     for ch, spec in lay.planted:
-        neurons.append({
-            "layer": PLANTED_LAYER, "channel": ch, "kind": spec.kind, "concepts": list(spec.concepts),
-            "weights": list(spec.weights), "lower_layer": LOWER_LAYER,
-            "circuits": {c: [lay.detectors[c]] for c in spec.concepts},
-            "wiring": by_channel[ch].to_json(),
-            "colocatable_pairs": [list(p) for p in unexcluded_pairs(spec, world.exclusions)],
-        })
+        neurons.append(
+            {
+                "layer": PLANTED_LAYER,
+                "channel": ch,
+                "kind": spec.kind,
+                "concepts": list(spec.concepts),
+                "weights": list(spec.weights),
+                "lower_layer": LOWER_LAYER,
+                "circuits": {c: [lay.detectors[c]] for c in spec.concepts},
+                "wiring": by_channel[ch].to_json(),
+                "colocatable_pairs": [list(p) for p in unexcluded_pairs(spec, world.exclusions)],
+            }
+        )
     return {
-        "testbed_version": TESTBED_VERSION, "seed": seed, "world": world.distribution_key(),
-        "planted_layer": PLANTED_LAYER, "lower_layer": LOWER_LAYER,
+        "testbed_version": TESTBED_VERSION,
+        "seed": seed,
+        "world": world.distribution_key(),
+        "planted_layer": PLANTED_LAYER,
+        "lower_layer": LOWER_LAYER,
         "detectors": {c: {"layer": LOWER_LAYER, "channels": [lay.detectors[c]]} for c in CONCEPTS},
-        "class_labels": list(CLASS_LABELS), "concepts": list(CONCEPTS), "neurons": neurons,
+        "class_labels": list(CLASS_LABELS),
+        "concepts": list(CONCEPTS),
+        "neurons": neurons,
     }
 
 
-def _train(seed: int, world: WorldConfig, train: TrainConfig) -> tuple[TestbedNet, dict[str, Any], dict[str, Any]]:
+def _train(
+    seed: int, world: WorldConfig, train: TrainConfig
+) -> tuple[TestbedNet, dict[str, Any], dict[str, Any]]:
     started = time.perf_counter()
     lay = layout(seed, train.widths[2], train.widths[3], DESIGN)
     data = make_arrays(split_world(world, seed, "train", train.n_train))
@@ -158,28 +190,45 @@ def _train(seed: int, world: WorldConfig, train: TrainConfig) -> tuple[TestbedNe
         history1 = train_lower(model, crops, calib, lay, train, generator)
         stats = detector_stats(lower_outputs(model, calib.images), calib.presence, lay)
         wirings = calibrated_wiring(lay, stats, train.poly_threshold)
-        history2 = train_upper(model, lower_outputs(model, data.images), data.labels, wirings, train, generator)
+        history2 = train_upper(
+            model, lower_outputs(model, data.images), data.labels, wirings, train, generator
+        )
         report = evaluate(model, heldout, lay)
-    report.update(seed=seed, world=world.distribution_key(), train=dataclasses.asdict(train),
-                  loss_history={"phase1": history1, "phase2": history2},
-                  calibration={c: {k: v for k, v in s.items() if k != "auroc"} for c, s in stats.items()},
-                  build_seconds=round(time.perf_counter() - started, 1), torch_threads=1)
+    report.update(
+        seed=seed,
+        world=world.distribution_key(),
+        train=dataclasses.asdict(train),
+        loss_history={"phase1": history1, "phase2": history2},
+        calibration={c: {k: v for k, v in s.items() if k != "auroc"} for c, s in stats.items()},
+        build_seconds=round(time.perf_counter() - started, 1),
+        torch_threads=1,
+    )
     report["summary"] = summarise(report)
     if report["summary"]["min_detector_auroc"] < 0.95:
-        log.warning("testbed detectors are weak (worst held-out AUROC %.3f < 0.95); train longer "
-                    "(TrainConfig.epochs) or use another seed", report["summary"]["min_detector_auroc"])
+        log.warning(
+            "testbed detectors are weak (worst held-out AUROC %.3f < 0.95); train longer "
+            "(TrainConfig.epochs) or use another seed",
+            report["summary"]["min_detector_auroc"],
+        )
     return model, _ground_truth(seed, world, lay, wirings), report
 
 
-def build_testbed(seed: int = 0, world: WorldConfig | None = None, cache_dir: Path | None = None,
-                  *, train: TrainConfig | None = None) -> Path:
+def build_testbed(
+    seed: int = 0,
+    world: WorldConfig | None = None,
+    cache_dir: Path | None = None,
+    *,
+    train: TrainConfig | None = None,
+) -> Path:
     """Train the testbed model (or reuse the cached one) and return the folder holding
     ``model.pt``, ``ground_truth.json`` and ``report.json``."""
     world = world or WorldConfig()
     train = train or TrainConfig()
     if world.image_size != PREPROCESS_CONFIG["resize"]:
-        raise ValueError(f"the testbed model takes {PREPROCESS_CONFIG['resize']}px images; "
-                         f"build it with WorldConfig(image_size={PREPROCESS_CONFIG['resize']}), not {world.image_size}")
+        raise ValueError(
+            f"the testbed model takes {PREPROCESS_CONFIG['resize']}px images; "
+            f"build it with WorldConfig(image_size={PREPROCESS_CONFIG['resize']}), not {world.image_size}"
+        )
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = testbed_key(seed, world, train)
     final = cache / f"testbed-{key}"

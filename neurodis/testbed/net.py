@@ -17,7 +17,10 @@ from zennit.layer import Sum
 from neurodis.testbed.world import CLASS_LABELS
 
 PREPROCESS_CONFIG: dict[str, object] = {
-    "resize": 64, "crop": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+    "resize": 64,
+    "crop": 64,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
 }
 DEFAULT_WIDTHS: tuple[int, int, int, int] = (16, 32, 48, 64)
 
@@ -100,12 +103,24 @@ class Wiring:
     chain_source: int | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"channel": self.channel, "shortcut": {str(k): v for k, v in self.shortcut.items()},
-                "bias": self.bias, "gate_unit": self.gate_unit, "gate": {str(k): v for k, v in self.gate.items()},
-                "gate_out": self.gate_out, "chain_unit": self.chain_unit, "chain_source": self.chain_source}
+        return {
+            "channel": self.channel,
+            "shortcut": {str(k): v for k, v in self.shortcut.items()},
+            "bias": self.bias,
+            "gate_unit": self.gate_unit,
+            "gate": {str(k): v for k, v in self.gate.items()},
+            "gate_out": self.gate_out,
+            "chain_unit": self.chain_unit,
+            "chain_source": self.chain_source,
+        }
 
 
-_POOL_TAPS = ((1, 1), (1, 2), (2, 1), (2, 2))  # taps of a 3x3 stride-2 pad-1 conv that cover avgpool2's window
+_POOL_TAPS = (
+    (1, 1),
+    (1, 2),
+    (2, 1),
+    (2, 2),
+)  # taps of a 3x3 stride-2 pad-1 conv that cover avgpool2's window
 
 
 @torch.no_grad()

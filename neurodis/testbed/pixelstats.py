@@ -31,18 +31,24 @@ _BORDER_DISCOUNT = 0.35  # shape evidence of an object cut by the crop border
 _GRASS, _SAND, _NIGHT, _SKY = (len(COLOURS) + 1 + k for k in range(4))
 _WHITE = len(COLOURS)
 _PROTOS = np.array(
-    [PALETTE[c] for c in COLOURS] + [PATTERN_RGB]
+    [PALETTE[c] for c in COLOURS]
+    + [PATTERN_RGB]
     + [(85, 125, 55), (205, 182, 132), (18, 20, 44)]
     + [(170, 147, 97), (175, 175, 195)],  # sand speck -> sand, star -> night
-    dtype=np.float32)
+    dtype=np.float32,
+)
 _PROTO_CLASS = np.array(list(range(len(COLOURS) + 1)) + [_GRASS, _SAND, _NIGHT, _SAND, _NIGHT])
 _PROTO_SQ = (_PROTOS * _PROTOS).sum(1)
 _SKY_TOP, _SKY_BOTTOM = np.array([105, 160, 228.0], np.float32), np.array([180, 210, 245.0], np.float32)
 _SKY_SEG = _SKY_BOTTOM - _SKY_TOP
 _SKY_LEN2 = float(_SKY_SEG @ _SKY_SEG)
 _MAX_DIST = 70.0  # farther than this from every prototype: unclassified (e.g. blended edge pixels)
-_BG_CLASS = {"grass background": _GRASS, "sand background": _SAND, "night background": _NIGHT,
-             "sky background": _SKY}
+_BG_CLASS = {
+    "grass background": _GRASS,
+    "sand background": _SAND,
+    "night background": _NIGHT,
+    "sky background": _SKY,
+}
 
 
 def _bump(x: float, mu: float, sigma: float) -> float:
@@ -62,7 +68,8 @@ def check_image(image: np.ndarray) -> np.ndarray:
 
 
 def pixel_classes(img: np.ndarray) -> np.ndarray:
-    """Per pixel: index of the nearest prototype class (colours, pattern, grass, sand, night, sky), -1 if none."""
+    """Per pixel: index of the nearest prototype class (colours, pattern, grass, sand, night, sky), -1 if
+    none."""
     flat = img.reshape(-1, 3)
     sq = (flat * flat).sum(1)
     d2 = sq[:, None] - 2.0 * flat @ _PROTOS.T + _PROTO_SQ[None, :]
@@ -92,17 +99,22 @@ def _texture_a(marks: np.ndarray, obj: np.ndarray) -> dict[str, float]:
     hi = max(tx, ty)
     ratio = min(tx, ty) / hi if hi > 0.02 else 0.0
     half = _ramp(share, 0.25, 0.33) * _ramp(share, 0.75, 0.67)
-    return {"dots": _bump(share, 0.16, 0.07) * _ramp(hi, 0.03, 0.08),
-            "stripes": half * _ramp(ratio, 0.4, 0.2),
-            "checker": half * _ramp(ratio, 0.45, 0.65)}
+    return {
+        "dots": _bump(share, 0.16, 0.07) * _ramp(hi, 0.03, 0.08),
+        "stripes": half * _ramp(ratio, 0.4, 0.2),
+        "checker": half * _ramp(ratio, 0.45, 0.65),
+    }
 
 
 def _shape_a(obj: np.ndarray, box: tuple[slice, slice], cut: bool) -> dict[str, float]:
     h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
     fill = float(obj.sum()) / float(h * w)
     k = _BORDER_DISCOUNT if cut else 1.0
-    return {"circle": k * _ramp(fill, 0.64, 0.7) * _ramp(fill, 0.92, 0.87), "square": k * _ramp(fill, 0.87, 0.95),
-            "triangle": k * _ramp(fill, 0.66, 0.57)}
+    return {
+        "circle": k * _ramp(fill, 0.64, 0.7) * _ramp(fill, 0.92, 0.87),
+        "square": k * _ramp(fill, 0.87, 0.95),
+        "triangle": k * _ramp(fill, 0.66, 0.57),
+    }
 
 
 def _touches(box: tuple[slice, slice], shape: tuple[int, ...]) -> bool:
@@ -135,17 +147,33 @@ def read_a(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             biggest = float(obj.sum())
             cy, cx = ndimage.center_of_mass(obj)
             centre = ((box[1].start + cx) / cls.shape[1], (box[0].start + cy) / cls.shape[0])
-    nuisance = np.array([centre[0] - 0.5, centre[1] - 0.5, np.log1p(biggest / n_pix * 20.0),
-                         img.mean() / 255.0 - 0.5, count / 2.0], np.float32)
+    nuisance = np.array(
+        [
+            centre[0] - 0.5,
+            centre[1] - 0.5,
+            np.log1p(biggest / n_pix * 20.0),
+            img.mean() / 255.0 - 0.5,
+            count / 2.0,
+        ],
+        np.float32,
+    )
     return scores, nuisance
 
 
 # --- reader B: HSV thresholds ------------------------------------------------------------------------
-_HUE_RANGES = {"red": ((0.0, 15.0), (340.0, 360.0)), "yellow": ((35.0, 70.0),), "green": ((90.0, 165.0),),
-               "blue": ((200.0, 252.0),), "purple": ((262.0, 315.0),)}
-_BG_MEANS = {"grass background": [(85, 125, 55)], "sand background": [(200, 177, 127)],
-             "night background": [(20, 22, 46), (22, 24, 48)],
-             "sky background": [(105, 160, 228), (142, 185, 236), (180, 210, 245)]}
+_HUE_RANGES = {
+    "red": ((0.0, 15.0), (340.0, 360.0)),
+    "yellow": ((35.0, 70.0),),
+    "green": ((90.0, 165.0),),
+    "blue": ((200.0, 252.0),),
+    "purple": ((262.0, 315.0),),
+}
+_BG_MEANS = {
+    "grass background": [(85, 125, 55)],
+    "sand background": [(200, 177, 127)],
+    "night background": [(20, 22, 46), (22, 24, 48)],
+    "sky background": [(105, 160, 228), (142, 185, 236), (180, 210, 245)],
+}
 
 
 def hsv(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,7 +182,9 @@ def hsv(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mx, mn = img.max(-1), img.min(-1)
     delta = mx - mn
     safe = np.where(delta > 0, delta, 1.0)
-    h = np.where(mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    h = np.where(
+        mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
+    )
     h = np.where(delta > 0, h * 60.0, 0.0)
     s = np.where(mx > 0, delta / np.where(mx > 0, mx, 1.0), 0.0)
     return h, s, mx / 255.0
@@ -180,9 +210,11 @@ def _texture_b(marks: np.ndarray, obj: np.ndarray) -> dict[str, float]:
         if max(h, w) >= 4 and max(h, w) >= 2.5 * min(h, w):
             elongated += float((blobs[box] == j).sum())
     fe = elongated / max(float((marks & obj).sum()), 1.0)
-    return {"stripes": _ramp(fe, 0.3, 0.6) * _ramp(share, 0.2, 0.3),
-            "dots": _bump(share, 0.16, 0.07) * (1.0 - _ramp(fe, 0.2, 0.5)) * float(n >= 2),
-            "checker": _ramp(share, 0.3, 0.4) * _ramp(fe, 0.5, 0.2)}
+    return {
+        "stripes": _ramp(fe, 0.3, 0.6) * _ramp(share, 0.2, 0.3),
+        "dots": _bump(share, 0.16, 0.07) * (1.0 - _ramp(fe, 0.2, 0.5)) * float(n >= 2),
+        "checker": _ramp(share, 0.3, 0.4) * _ramp(fe, 0.5, 0.2),
+    }
 
 
 def _shape_b(obj: np.ndarray, cut: bool) -> dict[str, float]:
@@ -192,8 +224,11 @@ def _shape_b(obj: np.ndarray, cut: bool) -> dict[str, float]:
     r = float(np.sqrt(((ys + 0.5 - cy) ** 2 + (xs + 0.5 - cx) ** 2).max())) + 0.5 * np.sqrt(2.0)
     ratio = float(len(ys)) / (np.pi * r * r)
     k = _BORDER_DISCOUNT if cut else 1.0
-    return {"circle": k * _ramp(ratio, 0.74, 0.82), "square": k * _bump(ratio, 0.63, 0.08),
-            "triangle": k * _ramp(ratio, 0.5, 0.42)}
+    return {
+        "circle": k * _ramp(ratio, 0.74, 0.82),
+        "square": k * _bump(ratio, 0.63, 0.08),
+        "triangle": k * _ramp(ratio, 0.5, 0.42),
+    }
 
 
 def _background_b(img: np.ndarray, bg: np.ndarray) -> dict[str, float]:
@@ -221,13 +256,15 @@ def read_b(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         colour = int(body.argmax())
         if body[colour] < _MIN_BODY:
             continue
-        scores[_IDX[COLOURS[colour]]] = max(scores[_IDX[COLOURS[colour]]], float(np.tanh(body[colour] / 12.0)))
+        scores[_IDX[COLOURS[colour]]] = max(
+            scores[_IDX[COLOURS[colour]]], float(np.tanh(body[colour] / 12.0))
+        )
         found = _shape_b(obj, _touches(box, cmap.shape)) | _texture_b(cmap[box] == len(COLOURS), obj)
         for c, val in found.items():
             scores[_IDX[c]] = max(scores[_IDX[c]], val)
     lum = img.mean(-1) / 255.0
-    nuisance = np.array([*(img.mean((0, 1)) / 255.0 - 0.5), lum.std(), objects.mean(),
-                         np.log(img.shape[1] / img.shape[0])], np.float32)
+    nuisance = np.array(
+        [*(img.mean((0, 1)) / 255.0 - 0.5), lum.std(), objects.mean(), np.log(img.shape[1] / img.shape[0])],
+        np.float32,
+    )
     return scores, nuisance
-
-

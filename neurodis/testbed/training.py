@@ -1,7 +1,8 @@
 """Training the testbed model: concept detectors in ``layer2``, planted wiring in ``layer3``, a head.
 
 Phase 1 trains ``stem..layer2`` on a per-pixel detector loss: each concept's ``layer2`` detector
-channel regresses the fraction of each 4x4 cell the concept covers (on crops around the objects). Phase 2 freezes ``stem..layer2``
+channel regresses the fraction of each 4x4 cell the concept covers (on crops around the objects). Phase 2
+freezes ``stem..layer2``
 (so the detectors are final), calibrates the planted wiring from the detectors' statistics on a
 calibration split, and trains the rest of ``layer3`` and the head on the class labels, from cached
 ``layer2`` outputs. The other ``layer2`` channels keep their initial weights (random features of the
@@ -52,16 +53,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.n_train < self.batch_size or self.n_heldout < 100:
-            raise ValueError(f"TrainConfig: n_train ({self.n_train}) must be >= batch_size ({self.batch_size}) "
-                             f"and n_heldout ({self.n_heldout}) >= 100 (detector AUROCs are measured on it)")
+            raise ValueError(
+                f"TrainConfig: n_train ({self.n_train}) must be >= batch_size ({self.batch_size}) "
+                f"and n_heldout ({self.n_heldout}) >= 100 (detector AUROCs are measured on it)"
+            )
         if not 1 <= self.min_epochs <= self.epochs or self.head_epochs < 0 or self.lr <= 0:
-            raise ValueError(f"TrainConfig: need 1 <= min_epochs ({self.min_epochs}) <= epochs ({self.epochs}), "
-                             f"head_epochs >= 0 and lr > 0")
+            raise ValueError(
+                f"TrainConfig: need 1 <= min_epochs ({self.min_epochs}) <= epochs ({self.epochs}), "
+                f"head_epochs >= 0 and lr > 0"
+            )
         if not 0.0 <= self.head_dropout < 1.0 or self.polish_epochs < 0 or self.head_l2 < 0:
-            raise ValueError(f"TrainConfig: head_dropout must be in [0, 1) (got {self.head_dropout}) and "
-                             f"polish_epochs, head_l2 >= 0")
+            raise ValueError(
+                f"TrainConfig: head_dropout must be in [0, 1) (got {self.head_dropout}) and "
+                f"polish_epochs, head_l2 >= 0"
+            )
         if self.crop_size % _DOWN or not 16 <= self.crop_size <= 64:
-            raise ValueError(f"TrainConfig.crop_size must be a multiple of {_DOWN} in [16, 64], got {self.crop_size}")
+            raise ValueError(
+                f"TrainConfig.crop_size must be a multiple of {_DOWN} in [16, 64], got {self.crop_size}"
+            )
         if not 0.0 <= self.poly_threshold < 1.0:
             raise ValueError(f"TrainConfig.poly_threshold must be in [0, 1), got {self.poly_threshold}")
 
@@ -105,8 +114,13 @@ def make_arrays(world: WorldConfig) -> Arrays:
         for c, m in s.masks.items():
             coverage[i, col[c]] = m.reshape(cells, _DOWN, cells, _DOWN).mean(axis=(1, 3))
             presence[i, col[c]] = True
-    return Arrays(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(coverage),
-                  torch.from_numpy(labels), presence, boxes)
+    return Arrays(
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(coverage),
+        torch.from_numpy(labels),
+        presence,
+        boxes,
+    )
 
 
 def _crop_origin(rng: np.random.Generator, lo: int, hi: int, limit: int) -> int:
@@ -125,12 +139,18 @@ def object_crops(data: Arrays, size: int, rng: np.random.Generator, p_random: fl
     picks: list[tuple[int, int, int]] = []
     for i, boxes in enumerate(data.boxes):
         for x0, y0, x1, y1 in boxes:
-            picks.append((i, _crop_origin(rng, x1 - size, x0, limit), _crop_origin(rng, y1 - size, y0, limit)))
+            picks.append(
+                (i, _crop_origin(rng, x1 - size, x0, limit), _crop_origin(rng, y1 - size, y0, limit))
+            )
         if rng.random() < p_random:
             picks.append((i, _crop_origin(rng, 0, limit, limit), _crop_origin(rng, 0, limit, limit)))
-    images = torch.stack([data.images[i, :, y:y + size, x:x + size] for i, x, y in picks])
-    coverage = torch.stack([data.coverage[i, :, y // _DOWN:y // _DOWN + cells, x // _DOWN:x // _DOWN + cells]
-                            for i, x, y in picks])
+    images = torch.stack([data.images[i, :, y : y + size, x : x + size] for i, x, y in picks])
+    coverage = torch.stack(
+        [
+            data.coverage[i, :, y // _DOWN : y // _DOWN + cells, x // _DOWN : x // _DOWN + cells]
+            for i, x, y in picks
+        ]
+    )
     index = [i for i, _, _ in picks]
     return Arrays(images, coverage, data.labels[index], data.presence[index])
 
@@ -138,7 +158,7 @@ def object_crops(data: Arrays, size: int, rng: np.random.Generator, p_random: fl
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator)
     for start in range(0, n - batch_size + 1, batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]
 
 
 def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -> None:
@@ -146,8 +166,14 @@ def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -
         g["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
-def train_lower(model: TestbedNet, data: Arrays, calib: Arrays, layout: Layout, cfg: TrainConfig,
-                generator: torch.Generator) -> list[dict[str, float]]:
+def train_lower(
+    model: TestbedNet,
+    data: Arrays,
+    calib: Arrays,
+    layout: Layout,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> list[dict[str, float]]:
     """Phase 1: ``stem..layer2`` on the detector loss alone. Each concept's squared error (on the
     pre-ReLU sum of ``layer2``'s last block, so no detector can die) is divided by the variance of its
     target, so small objects weigh as much as backgrounds. Stops early once every detector reaches
@@ -175,11 +201,24 @@ def train_lower(model: TestbedNet, data: Arrays, calib: Arrays, layout: Layout, 
                 opt.step()
                 losses.append(float(loss.detach()))
             model.eval()
-            worst = float(np.nanmin([v["auroc"] for v in detector_stats(lower_outputs(model, calib.images), calib.presence,
-                                                           layout).values()]))
+            worst = float(
+                np.nanmin(
+                    [
+                        v["auroc"]
+                        for v in detector_stats(
+                            lower_outputs(model, calib.images), calib.presence, layout
+                        ).values()
+                    ]
+                )
+            )
             history.append({"loss": float(np.mean(losses)), "min_auroc": worst})
-            log.info("testbed phase 1 epoch %d/%d: loss %.4f, worst detector AUROC %.4f",
-                     epoch + 1, cfg.epochs, history[-1]["loss"], worst)
+            log.info(
+                "testbed phase 1 epoch %d/%d: loss %.4f, worst detector AUROC %.4f",
+                epoch + 1,
+                cfg.epochs,
+                history[-1]["loss"],
+                worst,
+            )
             if polish == 0 and epoch + 1 >= cfg.min_epochs and worst >= cfg.target_auroc:
                 polish = 1  # target reached: a few more epochs at falling rates refine the regression
             elif polish:
@@ -188,7 +227,7 @@ def train_lower(model: TestbedNet, data: Arrays, calib: Arrays, layout: Layout, 
                 break
             if polish:
                 for g in opt.param_groups:
-                    g["lr"] = cfg.lr * 0.3 ** polish
+                    g["lr"] = cfg.lr * 0.3**polish
     finally:
         hook.remove()
         model.eval()
@@ -198,7 +237,9 @@ def train_lower(model: TestbedNet, data: Arrays, calib: Arrays, layout: Layout, 
 @torch.no_grad()
 def lower_outputs(model: TestbedNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """``layer2`` outputs for uint8 images, float32 ``[N, C2, h, w]``."""
-    return torch.cat([model.lower(normalise(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model.lower(normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    )
 
 
 @torch.no_grad()
@@ -225,15 +266,19 @@ def detector_stats(lower: torch.Tensor, presence: np.ndarray, layout: Layout) ->
             "channel": ch,
             "auroc": float(roc_auc_score(pos, smax)) if both else float("nan"),
             "pooled_max_q": float(np.quantile(pooled[pos, ch].amax(dim=(1, 2)).numpy(), PEAK_QUANTILE))
-            if pos.any() else 1.0,
+            if pos.any()
+            else 1.0,
             "pooled_mean_slope": float(np.polyfit(pos.astype(np.float64), means, 1)[0]) if both else 0.1,
         }
     return out
 
 
-def calibrated_wiring(layout: Layout, stats: Mapping[str, Mapping[str, float]], threshold: float) -> list[Wiring]:
+def calibrated_wiring(
+    layout: Layout, stats: Mapping[str, Mapping[str, float]], threshold: float
+) -> list[Wiring]:
     """Planted wiring from detector scales. With ``A_i = avgpool(detector_i) / m_i`` (``m_i`` the
-    concept's pooled peak at ``PEAK_QUANTILE`` on images showing it) a mono or OR neuron computes ``s * relu(max_i A_i - t)`` with
+    concept's pooled peak at ``PEAK_QUANTILE`` on images showing it) a mono or OR neuron computes ``s *
+    relu(max_i A_i - t)`` with
     ``s = 1 / (1 - t)``: each concept alone drives it to about 1 at its peak, weak detector responses
     (below ``t``) are cut, and two concepts together give their max, not their sum. A linear neuron
     computes ``sum_i w_i * avgpool(detector_i) / a_i`` (``a_i`` the typical pooled spatial mean), so its
@@ -252,19 +297,36 @@ def calibrated_wiring(layout: Layout, stats: Mapping[str, Mapping[str, float]], 
             wirings.append(Wiring(ch, first, bias=-scale * threshold))
             continue
         gate = {det[1]: 1.0 / peak[spec.concepts[1]], det[0]: -1.0 / peak[spec.concepts[0]]}
-        wirings.append(Wiring(ch, first, bias=-scale * threshold, gate_unit=layout.gate_units[ch], gate=gate,
-                              gate_out=scale, chain_unit=layout.chain_units.get(ch),
-                              chain_source=layout.chain_sources.get(ch)))
+        wirings.append(
+            Wiring(
+                ch,
+                first,
+                bias=-scale * threshold,
+                gate_unit=layout.gate_units[ch],
+                gate=gate,
+                gate_out=scale,
+                chain_unit=layout.chain_units.get(ch),
+                chain_source=layout.chain_sources.get(ch),
+            )
+        )
     return wirings
 
 
 @torch.no_grad()
-def _planted_gap(model: TestbedNet, lower: torch.Tensor, planted: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    return torch.cat([model.layer3(lower[i:i + batch_size])[:, planted].mean(dim=(2, 3))
-                      for i in range(0, len(lower), batch_size)])
+def _planted_gap(
+    model: TestbedNet, lower: torch.Tensor, planted: torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
+    return torch.cat(
+        [
+            model.layer3(lower[i : i + batch_size])[:, planted].mean(dim=(2, 3))
+            for i in range(0, len(lower), batch_size)
+        ]
+    )
 
 
-def fit_planted_head(gap: torch.Tensor, labels: torch.Tensor, n_classes: int, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_planted_head(
+    gap: torch.Tensor, labels: torch.Tensor, n_classes: int, l2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression of the labels on the planted channels' pooled activations
     (full batch, L-BFGS): the head's weights on the planted channels and its bias."""
     weight = torch.zeros(n_classes, gap.shape[1], requires_grad=True)
@@ -281,8 +343,14 @@ def fit_planted_head(gap: torch.Tensor, labels: torch.Tensor, n_classes: int, l2
     return weight.detach(), bias.detach()
 
 
-def train_upper(model: TestbedNet, lower: torch.Tensor, labels: torch.Tensor, wirings: list[Wiring],
-                cfg: TrainConfig, generator: torch.Generator) -> list[float]:
+def train_upper(
+    model: TestbedNet,
+    lower: torch.Tensor,
+    labels: torch.Tensor,
+    wirings: list[Wiring],
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> list[float]:
     """Phase 2: ``layer3`` (all but the planted wiring) and the head on fixed ``layer2`` outputs.
 
     First the head's weights on the planted channels are fitted on those channels alone (a logistic
@@ -292,7 +360,9 @@ def train_upper(model: TestbedNet, lower: torch.Tensor, labels: torch.Tensor, wi
     impose_planted(model, wirings)
     planted = torch.tensor(sorted(w.channel for w in wirings), dtype=torch.long)
     linear = model.head[-1]
-    w_planted, b = fit_planted_head(_planted_gap(model, lower, planted), labels, linear.out_features, cfg.head_l2)
+    w_planted, b = fit_planted_head(
+        _planted_gap(model, lower, planted), labels, linear.out_features, cfg.head_l2
+    )
     with torch.no_grad():
         linear.weight.zero_()
         linear.weight[:, planted] = w_planted

@@ -30,7 +30,9 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / TRUTH_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"no testbed ground truth at {p}; build it with neurodis.testbed.model.build_testbed()")
+        raise FileNotFoundError(
+            f"no testbed ground truth at {p}; build it with neurodis.testbed.model.build_testbed()"
+        )
     return json.loads(p.read_text())
 
 
@@ -54,11 +56,6 @@ def neuron_truth(gt: Mapping[str, Any], layer: str, channel: int) -> dict[str, A
         if n["layer"] == layer and int(n["channel"]) == int(channel):
             return dict(n)
     return None
-
-
-def detector_channels(gt: Mapping[str, Any]) -> dict[str, list[int]]:
-    """Concept -> its detector channels in the lower layer."""
-    return {c: list(d["channels"]) for c, d in gt["detectors"].items()}
 
 
 def present_concepts(sample: ImageTruth) -> frozenset[str]:
@@ -107,6 +104,15 @@ def probe_truth(gt: Mapping[str, Any], world: WorldConfig, indices: Iterable[int
         present = frozenset(meta["concepts"])
         for n in gt["neurons"]:
             shown = [c for c in n["concepts"] if c in present]
-            rows.append({"index": meta["index"], "path": meta["path"], "layer": n["layer"], "channel": int(n["channel"]),
-                         "kind": n["kind"], "present": shown, "circuit": shown[0] if len(shown) == 1 else None})
+            rows.append(
+                {
+                    "index": meta["index"],
+                    "path": meta["path"],
+                    "layer": n["layer"],
+                    "channel": int(n["channel"]),
+                    "kind": n["kind"],
+                    "present": shown,
+                    "circuit": shown[0] if len(shown) == 1 else None,
+                }
+            )
     return rows

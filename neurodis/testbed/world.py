@@ -54,8 +54,11 @@ _GROUP_OF: dict[str, str] = {c: g for g, cs in CONCEPT_GROUPS.items() for c in c
 CLASS_LABELS: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 SHAPE_SUPERCLASS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles"}
 COLOUR_SUPERCLASS: dict[str, str] = {
-    "red": "warm colours", "yellow": "warm colours",
-    "green": "cool colours", "blue": "cool colours", "purple": "cool colours",
+    "red": "warm colours",
+    "yellow": "warm colours",
+    "green": "cool colours",
+    "blue": "cool colours",
+    "purple": "cool colours",
 }
 SUPERCLASS_LABELS: tuple[str, ...] = ("circles", "squares", "triangles", "warm colours", "cool colours")
 #: pairs of concepts the default world never shows together: an object-attribute pair never sits on
@@ -103,27 +106,37 @@ class WorldConfig:
         if not 32 <= self.image_size <= 512:
             raise ValueError(f"WorldConfig.image_size must be in [32, 512], got {self.image_size}")
         if self.seed < 0:
-            raise ValueError(f"WorldConfig.seed must be >= 0 (it seeds numpy's SeedSequence), got {self.seed}")
+            raise ValueError(
+                f"WorldConfig.seed must be >= 0 (it seeds numpy's SeedSequence), got {self.seed}"
+            )
         for name in ("p_two_objects", "p_plain"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"WorldConfig.{name} must be a probability in [0, 1], got {v}")
         lo, hi = self.object_size
         if not 0.1 <= lo <= hi <= 0.45:
-            raise ValueError(f"WorldConfig.object_size must satisfy 0.1 <= lo <= hi <= 0.45, got {self.object_size}")
+            raise ValueError(
+                f"WorldConfig.object_size must satisfy 0.1 <= lo <= hi <= 0.45, got {self.object_size}"
+            )
         if not 0.4 <= self.secondary_scale <= 0.9:
             raise ValueError(f"WorldConfig.secondary_scale must be in [0.4, 0.9], got {self.secondary_scale}")
         if not 0 <= self.colour_jitter <= 30 or not 0.0 <= self.pixel_noise <= 10.0:
-            raise ValueError("WorldConfig.colour_jitter must be in [0, 30] and pixel_noise in [0, 10] "
-                             "(more would blur the palette the concepts are defined by)")
+            raise ValueError(
+                "WorldConfig.colour_jitter must be in [0, 30] and pixel_noise in [0, 10] "
+                "(more would blur the palette the concepts are defined by)"
+            )
         for pair in self.exclusions:
             groups = [_GROUP_OF.get(c) for c in pair] if len(pair) == 2 else [None]
             if None in groups or groups[0] == groups[1] or groups == ["background", "background"]:
-                raise ValueError(f"WorldConfig.exclusions entry {pair!r} must name two concepts of different "
-                                 f"groups (colour, shape, texture, background); concepts are {CONCEPTS}")
+                raise ValueError(
+                    f"WorldConfig.exclusions entry {pair!r} must name two concepts of different "
+                    f"groups (colour, shape, texture, background); concepts are {CONCEPTS}"
+                )
             if "shape" in groups and "colour" in groups:
-                raise ValueError(f"WorldConfig.exclusions entry {pair!r} would remove a class label; "
-                                 "exclude a texture or background pair instead")
+                raise ValueError(
+                    f"WorldConfig.exclusions entry {pair!r} would remove a class label; "
+                    "exclude a texture or background pair instead"
+                )
 
     def distribution_key(self) -> dict[str, Any]:
         """Every field except ``n_images`` and ``seed``: what a model trained on this world depends on."""
@@ -217,7 +230,9 @@ def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[
 
 def _rng(cfg: WorldConfig, index: int) -> np.random.Generator:
     if not 0 <= index < cfg.n_images:
-        raise IndexError(f"image index {index} is outside this world's 0..{cfg.n_images - 1} (WorldConfig.n_images)")
+        raise IndexError(
+            f"image index {index} is outside this world's 0..{cfg.n_images - 1} (WorldConfig.n_images)"
+        )
     return np.random.default_rng([cfg.seed, index])
 
 
@@ -236,7 +251,9 @@ def _banned(cfg: WorldConfig, present: Sequence[str]) -> set[str]:
     return {b for a, b in cfg.exclusions if a in present} | {a for a, b in cfg.exclusions if b in present}
 
 
-def _sample_attributes(cfg: WorldConfig, rng: np.random.Generator, background: str) -> tuple[str, str, str | None]:
+def _sample_attributes(
+    cfg: WorldConfig, rng: np.random.Generator, background: str
+) -> tuple[str, str, str | None]:
     colour = _pick(rng, COLOURS, _banned(cfg, [background]))
     shape = _pick(rng, SHAPES, _banned(cfg, [background, colour or ""]))
     if colour is None or shape is None:
@@ -367,14 +384,18 @@ def _texture_marks(rng: np.random.Generator, texture: str, n: int) -> np.ndarray
     raise ValueError(f"unknown texture {texture!r}; textures are {TEXTURES}")
 
 
-def _draw(cfg: WorldConfig, rng: np.random.Generator, scene: Scene) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _draw(
+    cfg: WorldConfig, rng: np.random.Generator, scene: Scene
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     n = cfg.image_size
     img = _background_pixels(rng, scene.background, n)
     masks: dict[str, np.ndarray] = {}
     covered = np.zeros((n, n), dtype=bool)
     for o in scene.objects:
         m = shape_mask(o.shape, o.center, o.size, n)
-        colour = np.array(PALETTE[o.colour], np.float32) + rng.integers(-cfg.colour_jitter, cfg.colour_jitter + 1, 3)
+        colour = np.array(PALETTE[o.colour], np.float32) + rng.integers(
+            -cfg.colour_jitter, cfg.colour_jitter + 1, 3
+        )
         img[m] = colour
         if o.texture is not None:
             marks = m & _texture_marks(rng, o.texture, n)
@@ -392,13 +413,16 @@ def render(cfg: WorldConfig, index: int) -> Sample:
     rng = _rng(cfg, index)
     scene = _scene_from(cfg, rng)
     image, masks = _draw(cfg, rng, scene)
-    return Sample(index=index, image=image, concepts=scene.concepts, label=scene.label,
-                  superclasses=scene.superclasses, boxes=scene.boxes(cfg.image_size),
-                  objects=scene.objects, masks=masks)
-
-
-def render_batch(cfg: WorldConfig, indices: Iterable[int]) -> list[Sample]:
-    return [render(cfg, int(i)) for i in indices]
+    return Sample(
+        index=index,
+        image=image,
+        concepts=scene.concepts,
+        label=scene.label,
+        superclasses=scene.superclasses,
+        boxes=scene.boxes(cfg.image_size),
+        objects=scene.objects,
+        masks=masks,
+    )
 
 
 def concept_matrix(samples: Sequence[Sample], concepts: Sequence[str] = CONCEPTS) -> np.ndarray:
@@ -419,35 +443,42 @@ def sample_metadata(cfg: WorldConfig, indices: Iterable[int]) -> list[dict[str, 
     rows = []
     for i in indices:
         scene = sample_scene(cfg, int(i))
-        rows.append({
-            "index": int(i),
-            "path": image_relpath(scene.label, int(i)),
-            "label": scene.label,
-            "superclasses": list(scene.superclasses),
-            "concepts": sorted(scene.concepts),
-            "boxes": {c: list(b) for c, b in sorted(scene.boxes(cfg.image_size).items())},
-            "objects": [{"colour": o.colour, "shape": o.shape, "texture": o.texture, "box": list(o.box)}
-                        for o in scene.objects],
-        })
+        rows.append(
+            {
+                "index": int(i),
+                "path": image_relpath(scene.label, int(i)),
+                "label": scene.label,
+                "superclasses": list(scene.superclasses),
+                "concepts": sorted(scene.concepts),
+                "boxes": {c: list(b) for c, b in sorted(scene.boxes(cfg.image_size).items())},
+                "objects": [
+                    {"colour": o.colour, "shape": o.shape, "texture": o.texture, "box": list(o.box)}
+                    for o in scene.objects
+                ],
+            }
+        )
     return rows
 
 
 def _metadata_table(rows: list[dict[str, Any]]) -> Any:
     import pyarrow as pa
 
-    return pa.table({
-        "index": pa.array([r["index"] for r in rows], pa.int64()),
-        "path": pa.array([r["path"] for r in rows], pa.string()),
-        "label": pa.array([r["label"] for r in rows], pa.string()),
-        "superclasses": pa.array([r["superclasses"] for r in rows], pa.list_(pa.string())),
-        "concepts": pa.array([r["concepts"] for r in rows], pa.list_(pa.string())),
-        "boxes": pa.array([json.dumps(r["boxes"], sort_keys=True) for r in rows], pa.string()),
-        "objects": pa.array([json.dumps(r["objects"], sort_keys=True) for r in rows], pa.string()),
-    })
+    return pa.table(
+        {
+            "index": pa.array([r["index"] for r in rows], pa.int64()),
+            "path": pa.array([r["path"] for r in rows], pa.string()),
+            "label": pa.array([r["label"] for r in rows], pa.string()),
+            "superclasses": pa.array([r["superclasses"] for r in rows], pa.list_(pa.string())),
+            "concepts": pa.array([r["concepts"] for r in rows], pa.list_(pa.string())),
+            "boxes": pa.array([json.dumps(r["boxes"], sort_keys=True) for r in rows], pa.string()),
+            "objects": pa.array([json.dumps(r["objects"], sort_keys=True) for r in rows], pa.string()),
+        }
+    )
 
 
 def read_metadata(root: Path) -> list[dict[str, Any]]:
-    """The rows :func:`write_imagefolder` stored in ``root/metadata.parquet``, as :func:`sample_metadata` gives them."""
+    """The rows :func:`write_imagefolder` stored in ``root/metadata.parquet``, as :func:`sample_metadata`
+    gives them."""
     import pyarrow.parquet as pq
 
     rows = pq.read_table(Path(root) / "metadata.parquet").to_pylist()
@@ -477,8 +508,10 @@ def _complete(cfg: WorldConfig, root: Path) -> bool:
         return False
     stored = json.loads(marker.read_text())
     if stored != cfg.to_json():
-        raise FileExistsError(f"{root} holds a different testbed world ({stored}); "
-                              f"remove it or write WorldConfig {cfg.to_json()} elsewhere")
+        raise FileExistsError(
+            f"{root} holds a different testbed world ({stored}); "
+            f"remove it or write WorldConfig {cfg.to_json()} elsewhere"
+        )
     return (root / "metadata.parquet").is_file()
 
 
@@ -492,8 +525,10 @@ def write_imagefolder(cfg: WorldConfig, root: Path) -> Path:
             log.info("testbed world already written at %s", root)
             return root
         if any(root.iterdir()):
-            raise FileExistsError(f"{root} exists, is not empty and is not a complete testbed world; "
-                                  "remove it or choose another folder")
+            raise FileExistsError(
+                f"{root} exists, is not empty and is not a complete testbed world; "
+                "remove it or choose another folder"
+            )
         root.rmdir()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"

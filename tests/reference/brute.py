@@ -10,8 +10,10 @@ def full_outputs(model: torch.nn.Module, x: torch.Tensor, paths: list[str]) -> d
     """Run the model once and keep every named output whole (plain hooks, removed after)."""
     mods = dict(model.named_modules())
     store: dict[str, np.ndarray] = {}
-    handles = [mods[p].register_forward_hook(lambda m, i, o, p=p: store.__setitem__(p, o.detach().clone().numpy()))
-               for p in paths]
+    handles = [
+        mods[p].register_forward_hook(lambda m, i, o, p=p: store.__setitem__(p, o.detach().clone().numpy()))
+        for p in paths
+    ]
     try:
         with torch.no_grad():
             model(x)

@@ -27,9 +27,17 @@ def get_correlation(pred: np.ndarray, q: np.ndarray) -> float:
     return float(np.corrcoef(pred, q)[0, 1])
 
 
-def algorithm1(p_train: np.ndarray, q_train: np.ndarray, p_val: np.ndarray, q_val: np.ndarray, w_k: np.ndarray,
-               v: int = 10, r: int = 10, eps: float = 0.02, rank_by: str = "weight"
-               ) -> tuple[list[int], np.ndarray, float, float]:
+def algorithm1(
+    p_train: np.ndarray,
+    q_train: np.ndarray,
+    p_val: np.ndarray,
+    q_val: np.ndarray,
+    w_k: np.ndarray,
+    v: int = 10,
+    r: int = 10,
+    eps: float = 0.02,
+    rank_by: str = "weight",
+) -> tuple[list[int], np.ndarray, float, float]:
     """Algorithm 1 for one neuron: (selected concepts in order, weights, intercept, best val correlation)."""
     key = -np.abs(w_k) if rank_by == "abs_weight" else -w_k
     ranking = sorted(range(len(w_k)), key=lambda i: (key[i], i))
@@ -74,10 +82,12 @@ def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
     return dict(model.named_modules())[path]
 
 
-def patched_logits(model: torch.nn.Module, x: torch.Tensor, layer: str, channel: int,
-                   value: torch.Tensor | None) -> torch.Tensor:
+def patched_logits(
+    model: torch.nn.Module, x: torch.Tensor, layer: str, channel: int, value: torch.Tensor | None
+) -> torch.Tensor:
     """Logits with channel ``channel`` of ``layer``'s output replaced by ``value[b]`` everywhere in
     image ``b``'s map (``None`` = unpatched). One image batch, one neuron, a plain forward hook."""
+
     def hook(_m, _i, out):
         out = out.clone()
         shape = (-1,) + (1,) * (out.dim() - 2)

@@ -14,8 +14,11 @@ from neurodis.testbed.world import CLASS_LABELS, PALETTE
 
 # (name, RGB prototype, typical share of the image's pixels when the concept is present)
 PROTOTYPES = [(c, rgb, 0.08) for c, rgb in PALETTE.items()] + [
-    ("grass background", (85, 125, 55), 0.85), ("sky background", (142, 185, 236), 0.85),
-    ("sand background", (205, 182, 132), 0.85), ("night background", (18, 20, 44), 0.85)]
+    ("grass background", (85, 125, 55), 0.85),
+    ("sky background", (142, 185, 236), 0.85),
+    ("sand background", (205, 182, 132), 0.85),
+    ("night background", (18, 20, 44), 0.85),
+]
 PLANTED = [  # (kind, {concept: weight}); weights are per unit of presence
     ("linear", {"red": 1.0, "grass background": 0.5}),
     ("linear", {"blue": 1.0, "sand background": 0.6}),
@@ -25,9 +28,14 @@ PLANTED = [  # (kind, {concept: weight}); weights are per unit of presence
     ("mono", {"green": 1.0}),
     ("dead", {}),
 ]
-GROUND_TRUTH = {"planted_layer": "mix", "neurons": [
-    {"channel": k, "kind": kind, "concepts": list(w), "weights": list(w.values())}
-    for k, (kind, w) in enumerate(PLANTED) if kind != "dead"]}
+GROUND_TRUTH = {
+    "planted_layer": "mix",
+    "neurons": [
+        {"channel": k, "kind": kind, "concepts": list(w), "weights": list(w.values())}
+        for k, (kind, w) in enumerate(PLANTED)
+        if kind != "dead"
+    ],
+}
 
 
 class ColourMatch(nn.Module):
@@ -41,7 +49,7 @@ class ColourMatch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rgb = (x * 0.25 + 0.5) * 255.0  # undo the normalisation of preprocess_config
         d2 = ((rgb[:, None] - self.protos[None, :, :, None, None]) ** 2).sum(2)
-        return torch.exp(-d2 / (2 * self.sigma ** 2))
+        return torch.exp(-d2 / (2 * self.sigma**2))
 
 
 class ColourNet(nn.Module):
@@ -49,7 +57,9 @@ class ColourNet(nn.Module):
         super().__init__()
         self.match = ColourMatch()
         self.mix = nn.Sequential(nn.Conv2d(len(PROTOTYPES), len(PLANTED), 1), nn.ReLU())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(len(PLANTED), len(CLASS_LABELS)))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(len(PLANTED), len(CLASS_LABELS))
+        )
         names = [n for n, _, _ in PROTOTYPES]
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
@@ -61,7 +71,12 @@ class ColourNet(nn.Module):
                     self.mix[0].weight[k, j, 0, 0] = w / PROTOTYPES[j][2]
             self.head[2].weight.copy_(torch.randn(len(CLASS_LABELS), len(PLANTED), generator=g))
             self.head[2].bias.zero_()
-        self.preprocess_config = {"resize": 64, "crop": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+        self.preprocess_config = {
+            "resize": 64,
+            "crop": 64,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.mix(self.match(x)))

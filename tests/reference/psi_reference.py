@@ -30,7 +30,9 @@ def kmeans_pp_indices(x: np.ndarray, u: np.ndarray) -> list[int]:
     return chosen
 
 
-def best_partition(x: np.ndarray, u: np.ndarray, k_range: tuple[int, ...]) -> tuple[float, int, np.ndarray, list[float]]:
+def best_partition(
+    x: np.ndarray, u: np.ndarray, k_range: tuple[int, ...]
+) -> tuple[float, int, np.ndarray, list[float]]:
     """(S, best K', labels, silhouettes per K'); u: ``[len(K), n_init, k_max]``."""
     sils, parts = [], []
     for j, k in enumerate(k_range):
@@ -65,9 +67,19 @@ def calibrated(x: float, null: np.ndarray, eps: float, tie_tol: float) -> float:
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
-def psi_one(z: np.ndarray, null_sets: np.ndarray, labels: np.ndarray, text: np.ndarray, u_obs: np.ndarray,
-            u_null: np.ndarray, q_perm: np.ndarray, d_perm: np.ndarray, k_range: tuple[int, ...],
-            eps: float = 1e-6, tie_tol: float = 1e-6) -> dict[str, float]:
+def psi_one(
+    z: np.ndarray,
+    null_sets: np.ndarray,
+    labels: np.ndarray,
+    text: np.ndarray,
+    u_obs: np.ndarray,
+    u_null: np.ndarray,
+    q_perm: np.ndarray,
+    d_perm: np.ndarray,
+    k_range: tuple[int, ...],
+    eps: float = 1e-6,
+    tie_tol: float = 1e-6,
+) -> dict[str, float]:
     """One neuron. null_sets: ``[M, n, r]`` (any orthonormal coordinates of the S-null sets)."""
     s_obs, k_hat, part, _ = best_partition(z, u_obs, k_range)
     s_null = np.array([best_partition(null_sets[m], u_null[m], k_range)[0] for m in range(len(null_sets))])
@@ -76,5 +88,14 @@ def psi_one(z: np.ndarray, null_sets: np.ndarray, labels: np.ndarray, text: np.n
     d_obs = gap(z, part, text)
     d_null = np.array([gap(z, part[p], text) for p in d_perm])
     hats = [calibrated(x, nl, eps, tie_tol) for x, nl in ((s_obs, s_null), (q_obs, q_null), (d_obs, d_null))]
-    return {"S": s_obs, "Q": q_obs, "D": d_obs, "S_hat": hats[0], "Q_hat": hats[1], "D_hat": hats[2],
-            "psi": hats[0] * hats[1] * hats[2], "k_hat": k_hat, "partition": part}
+    return {
+        "S": s_obs,
+        "Q": q_obs,
+        "D": d_obs,
+        "S_hat": hats[0],
+        "Q_hat": hats[1],
+        "D_hat": hats[2],
+        "psi": hats[0] * hats[1] * hats[2],
+        "k_hat": k_hat,
+        "partition": part,
+    }

@@ -17,7 +17,9 @@ import torch
 def _outputs_with_grad(model: torch.nn.Module, x: torch.Tensor, lower: str, layer: str):
     mods = dict(model.named_modules())
     store = {}
-    hooks = [mods[p].register_forward_hook(lambda m, i, o, p=p: store.__setitem__(p, o)) for p in (lower, layer)]
+    hooks = [
+        mods[p].register_forward_hook(lambda m, i, o, p=p: store.__setitem__(p, o)) for p in (lower, layer)
+    ]
     try:
         model(x)
     finally:
@@ -26,9 +28,11 @@ def _outputs_with_grad(model: torch.nn.Module, x: torch.Tensor, lower: str, laye
     return store[lower], store[layer]
 
 
-def attribution(model: torch.nn.Module, image: torch.Tensor, lower: str, layer: str, channel: int,
-                start: str = "all") -> np.ndarray:
-    """L1-normalised gradient x activation of one neuron on one image ``[3, H, W]`` over ``lower``'s channels."""
+def attribution(
+    model: torch.nn.Module, image: torch.Tensor, lower: str, layer: str, channel: int, start: str = "all"
+) -> np.ndarray:
+    """L1-normalised gradient x activation of one neuron on one image ``[3, H, W]`` over ``lower``'s
+    channels."""
     x = image[None].clone().requires_grad_(True)
     with torch.enable_grad():
         a_low, out = _outputs_with_grad(model, x, lower, layer)

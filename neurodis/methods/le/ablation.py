@@ -1,0 +1,707 @@
+"""Ablation scores and Top Impact of Linear Explanations (``le-ablation``, ``le-ti`` namespaces).
+
+Two paths compute the logits of a model whose neuron ``k`` is replaced by a constant ``v(x)`` per image
+(the simulated activation ``c s(x) + d``, the training mean, or 0):
+
+- **fast** (a layer followed by global average pooling and a linear head, detected numerically at plan
+  time): rank-1 updates of the logits computed from the stored mean activations; no forward pass, CPU
+  tasks (``abl.<explainer>.<layer>``, ``ti.<layer>``);
+- **model** (any other layer): forward passes with a hook that replaces channel ``k`` of the layer's
+  output, many neurons per pass by repeating each image once per neuron; GPU actors that load the model
+  once (``AblationWorker``; units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
+
+Both paths feed the same scoring code, and agree where both apply (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import torch
+from torch import nn
+
+from neurodis.config import AuditSpec, PreprocessConfig
+from neurodis.data.concepts import label_text
+from neurodis.data.probe import decode
+from neurodis.data.transforms import preprocess
+from neurodis.io.tables import read_table
+from neurodis.kernels.ablation import (
+    abs_loss_change,
+    alpha_score,
+    ce_losses,
+    fit_temperature,
+    impact,
+    norm_scale,
+    optim_scale,
+    rank1_logits,
+    top_impact,
+)
+from neurodis.methods.le.explanations import (
+    device_of,
+    load_activations,
+    load_source,
+    load_split,
+    probe_records,
+    simulate,
+)
+from neurodis.methods.le.plan import ABLATION_STEP, TI_STEP, ExplainPlan
+from neurodis.methods.le.sources import load_embedder_source
+from neurodis.methods.le.tables import ABLATION_SCORES, TOP_IMPACT
+from neurodis.models.loading import load_model
+from neurodis.models.subnet import capture
+from neurodis.pipeline.step import UnitOutput, run_unit
+
+log = logging.getLogger(__name__)
+
+FAST_BUDGET = 1 << 22  # logits elements per fast-path tile (rows x neurons x classes)
+
+
+def ablation_unit(explainer: str, layer: str, start: int | None = None) -> str:
+    return f"abl.{explainer}.{layer}" + ("" if start is None else f".{start:05d}")
+
+
+def ti_unit(layer: str, start: int | None = None) -> str:
+    return f"ti.{layer}" + ("" if start is None else f".{start:05d}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# patchers: logits with neurons replaced by per-image constants
+
+
+class Patcher(Protocol):
+    tile: int  # image rows per call that keep memory bounded (for the neurons of one call)
+
+    def base_logits(self, rows: np.ndarray) -> torch.Tensor: ...
+
+    def logits(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor: ...
+
+
+class FastPatcher:
+    """Rank-1 updates through global pooling + linear head. ``q`` ``[n, K]`` = the layer's mean
+    activations."""
+
+    def __init__(
+        self, q: np.ndarray, weight: torch.Tensor, bias: torch.Tensor | None, n_channels: int
+    ) -> None:
+        self.q = torch.from_numpy(np.asarray(q, np.float64))
+        self.w = weight.detach().double()
+        self.base = self.q @ self.w.T + (bias.detach().double() if bias is not None else 0.0)
+        self.tile = max(1, FAST_BUDGET // max(1, n_channels * self.w.shape[0]))
+
+    def base_logits(self, rows: np.ndarray) -> torch.Tensor:
+        return self.base[torch.as_tensor(rows)]
+
+    def logits(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+        r, c = torch.as_tensor(rows), torch.as_tensor(channels)
+        return rank1_logits(self.base[r], self.q[r][:, c], self.w[:, c], values)
+
+
+def patch_channels(out: torch.Tensor, channels: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out`` holds ``G * B`` rows (block ``g`` = the image batch repeated for neuron ``channels[g]``);
+    channel ``channels[g]`` of row ``g * B + b`` becomes ``v[b, g]`` everywhere (space / tokens).
+    Differentiable in ``v``."""
+    b, g = v.shape
+    ch = channels.to(out.device).repeat_interleave(b)
+    cdim = 2 if out.dim() == 3 else 1  # tokens [N, T, C], else [N, C, ...]
+    shape = [g * b] + [1] * (out.dim() - 1)
+    shape[cdim] = out.shape[cdim]
+    onehot = torch.nn.functional.one_hot(ch, out.shape[cdim]).to(out.dtype).reshape(shape)
+    vals = v.T.reshape(-1).to(out.device, out.dtype).reshape([g * b] + [1] * (out.dim() - 1))
+    return out * (1 - onehot) + onehot * vals
+
+
+@contextlib.contextmanager
+def channel_patch(
+    module: nn.Module, channels: torch.Tensor, values: Callable[[], torch.Tensor]
+) -> Iterator[None]:
+    """While active, ``module``'s output (``len(channels) * B`` rows) is patched by ``patch_channels``
+    with ``values()`` (``[B, G]``). The hook is always removed."""
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"explain: cannot patch a {type(out).__name__} module output; audit a tensor output"
+            )
+        return patch_channels(out, channels, values())
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def output_replaced(module: nn.Module, tensor: torch.Tensor) -> Iterator[None]:
+    """While active, ``module`` returns ``tensor`` (whatever its input's batch size)."""
+    handle = module.register_forward_hook(lambda _m, _i, _o: tensor)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class ModelPatcher:
+    """Forward passes from the layer on, with the layer patched; ``images(rows)`` gives the preprocessed
+    inputs. The layer's output for a tile of images is computed once (no grad, cached within a memory
+    budget) and repeated once per neuron; the modules above run on that batch while the modules below run
+    on a single stand-in image, whose output at the layer is replaced. That truncation is checked once
+    against a plain forward pass of repeated images (a model whose upper part reads anything computed below
+    the layer other than its output fails the check) and otherwise not used."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        images: Callable[[np.ndarray], torch.Tensor],
+        device: str,
+        batch_size: int,
+        n_channels: int,
+        n_rows: int = 2,
+        cache_bytes: int = 1 << 30,
+    ) -> None:
+        self.model, self.layer, self.module = model, layer, dict(model.named_modules())[layer]
+        self.images, self.device = images, device
+        self.tile = max(1, batch_size // max(1, n_channels))
+        self.cache: dict[bytes, torch.Tensor] = {}
+        self.cache_bytes = cache_bytes
+        self.truncated: bool | None = None if n_rows >= 2 else False  # the check needs two different images
+
+    def base_logits(self, rows: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(self.images(rows).to(self.device)).double().cpu()
+
+    def _lower(self, rows: np.ndarray) -> torch.Tensor:
+        key = rows.tobytes()
+        a = self.cache.get(key)
+        if a is None:
+            a = capture(self.model, self.images(rows).to(self.device), self.layer)
+            used = sum(t.numel() * t.element_size() for t in self.cache.values())
+            if used + a.numel() * a.element_size() <= self.cache_bytes:
+                self.cache[key] = a
+        return a
+
+    def _full(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+        x = self.images(rows).to(self.device)
+        vals = values.to(self.device)
+        with channel_patch(self.module, torch.as_tensor(channels), lambda: vals):
+            return self.model(x.repeat(len(channels), *([1] * (x.dim() - 1))))
+
+    def _upper(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+        a = self._lower(rows)
+        patched = patch_channels(
+            a.repeat(len(channels), *([1] * (a.dim() - 1))), torch.as_tensor(channels), values.to(self.device)
+        )
+        with output_replaced(self.module, patched):
+            out: torch.Tensor = self.model(self.images(rows[:1]).to(self.device))
+        return out
+
+    def _check(self, channels: np.ndarray) -> bool:
+        g = torch.Generator().manual_seed(0)
+        r, ch = np.arange(2), channels[:2]
+        v = torch.randn(len(r), len(ch), generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            full = self._full(r, ch, v)
+            try:
+                upper = self._upper(r, ch, v)
+            except Exception:  # noqa: BLE001 - any failure means: not truncatable
+                return False
+        ok = upper.shape == full.shape and torch.allclose(
+            upper, full, rtol=1e-4, atol=1e-5 * (1.0 + float(full.abs().max()))
+        )
+        log.info(
+            "explain: layer %s: forward passes %s",
+            self.layer,
+            "from the layer on"
+            if ok
+            else "from the input (the upper part reads more than the layer's output)",
+        )
+        return ok
+
+    def logits(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+        if self.truncated is None:
+            self.truncated = self._check(channels)
+        out = self._upper(rows, channels, values) if self.truncated else self._full(rows, channels, values)
+        return out.reshape(len(channels), len(rows), -1).transpose(0, 1).double().cpu()
+
+
+# ---------------------------------------------------------------------------------------------------
+# scoring, shared by both paths
+
+
+def _tiles(n: int, tile: int) -> Iterator[slice]:
+    for a in range(0, n, tile):
+        yield slice(a, min(a + tile, n))
+
+
+def losses(
+    p: Patcher,
+    rows: np.ndarray,
+    channels: np.ndarray,
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """``[n, kc]`` cross-entropies with each neuron replaced by ``values`` (no grad)."""
+    out = []
+    with torch.no_grad():
+        for s in _tiles(len(rows), p.tile):
+            out.append(ce_losses(p.logits(rows[s], channels, values[s]), labels[s, None], temperature))
+    return torch.cat(out) if out else torch.zeros(0, len(channels), dtype=torch.float64)
+
+
+def base_losses(p: Patcher, rows: np.ndarray, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    parts = [
+        ce_losses(p.base_logits(rows[s]), labels[s], temperature) for s in _tiles(len(rows), max(p.tile, 256))
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Scores:
+    c: torch.Tensor
+    d: torch.Tensor
+    alpha: torch.Tensor
+    val_objective: torch.Tensor
+
+
+def _optim(
+    p: Patcher,
+    rows: np.ndarray,
+    channels: np.ndarray,
+    s: torch.Tensor,
+    labels: torch.Tensor,
+    base: torch.Tensor,
+    temperature: float,
+    steps: int,
+    lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(len(channels), dtype=torch.float64)
+        for sl in _tiles(len(rows), p.tile):
+            v = c[None, :] * s[sl] + d[None, :]
+            obj = (
+                (ce_losses(p.logits(rows[sl], channels, v), labels[sl, None], temperature) - base[sl, None])
+                .abs()
+                .sum(0)
+            )
+            obj.sum().backward()
+            total += obj.detach()
+        return total
+
+    c, d, _ = optim_scale(step, len(channels), steps, lr)
+    return c, d
+
+
+def score(
+    p: Patcher,
+    channels: np.ndarray,
+    val: tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor],
+    test: tuple[np.ndarray, torch.Tensor, torch.Tensor],
+    mu: torch.Tensor,
+    method: str,
+    temperature: float,
+    steps: int,
+    lr: float,
+) -> Scores:
+    """(c, d) on val by ``method`` and alpha on test, for neurons ``channels``. ``val`` = (rows, labels,
+    simulations ``[n, kc]``, activations ``[n, kc]``); ``test`` = (rows, labels, simulations)."""
+    vrows, vlab, vs, vq = val
+    trows, tlab, ts = test
+    vbase, tbase = base_losses(p, vrows, vlab, temperature), base_losses(p, trows, tlab, temperature)
+    if method == "norm":
+        c, d = norm_scale(vs, vq)
+    else:
+        c, d = _optim(p, vrows, channels, vs, vlab, vbase, temperature, steps, lr)
+    sim_t = abs_loss_change(losses(p, trows, channels, c * ts + d, tlab, temperature), tbase)
+    mean_t = abs_loss_change(losses(p, trows, channels, mu.expand(len(trows), -1), tlab, temperature), tbase)
+    val_obj = abs_loss_change(losses(p, vrows, channels, c * vs + d, vlab, temperature), vbase)
+    return Scores(c, d, alpha_score(sim_t, mean_t), val_obj)
+
+
+def top_impact_of(
+    p: Patcher,
+    rows: np.ndarray,
+    channels: np.ndarray,
+    labels: torch.Tensor,
+    acts: torch.Tensor,
+    betas: Sequence[float],
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TI ``[kc, len(betas)]`` and total impact ``[kc]`` from zero-ablating each neuron on ``rows``."""
+    base = torch.cat([p.base_logits(rows[s]) for s in _tiles(len(rows), max(p.tile, 256))])
+    loss0 = ce_losses(base, labels, temperature)
+    correct0 = base.argmax(-1) == labels
+    loss_abl, correct_abl = [], []
+    zeros = torch.zeros(len(rows), len(channels), dtype=torch.float64)
+    with torch.no_grad():
+        for s in _tiles(len(rows), p.tile):
+            lg = p.logits(rows[s], channels, zeros[s])
+            loss_abl.append(ce_losses(lg, labels[s, None], temperature))
+            correct_abl.append(lg.argmax(-1) == labels[s, None])
+    imp = impact(correct0, loss0, torch.cat(correct_abl), torch.cat(loss_abl))
+    return top_impact(imp, acts, betas)
+
+
+def temperature_of(spec: AuditSpec, p: Patcher, rows: np.ndarray, labels: torch.Tensor) -> float:
+    t = spec.explain.temperature
+    if t != "fit":
+        return float(t)
+    base = torch.cat([p.base_logits(rows[s]) for s in _tiles(len(rows), max(p.tile, 256))])
+    return fit_temperature(base, labels)
+
+
+# ---------------------------------------------------------------------------------------------------
+# tables
+
+
+def ablation_table(
+    layer: str,
+    explainer: str,
+    simulator: str,
+    channels: Sequence[int],
+    status: Sequence[str],
+    results: dict[str, Scores | None],
+    temperature: float,
+    path: str,
+) -> pa.Table:
+    rows: dict[str, list[Any]] = {n: [] for n in ABLATION_SCORES.schema.names}
+
+    def num(x: torch.Tensor, i: int) -> float | None:
+        v = float(x[i])
+        return v if np.isfinite(v) else None
+
+    for method, res in results.items():
+        for i, (ch, st) in enumerate(zip(channels, status)):
+            ok = st == "ok" and res is not None
+            vals = (
+                {
+                    "c": num(res.c, i),
+                    "d": num(res.d, i),
+                    "alpha": num(res.alpha, i),
+                    "val_objective": num(res.val_objective, i),
+                }
+                if ok and res is not None
+                else {"c": None, "d": None, "alpha": None, "val_objective": None}
+            )
+            row = {
+                "layer": layer,
+                "channel": int(ch),
+                "explainer": explainer,
+                "method": method,
+                "simulator": simulator,
+                **vals,
+                "temperature": temperature,
+                "path": path,
+                "status": st,
+            }
+            for n in rows:
+                rows[n].append(row[n])
+    return pa.table(rows, schema=ABLATION_SCORES.schema)
+
+
+def ti_table(
+    layer: str,
+    channels: Sequence[int],
+    betas: Sequence[float],
+    ti: torch.Tensor,
+    total: torch.Tensor,
+    path: str,
+) -> pa.Table:
+    rows = [
+        {
+            "layer": layer,
+            "channel": int(ch),
+            "beta": float(b),
+            "ti": float(ti[i, j]) if np.isfinite(float(ti[i, j])) else None,
+            "total_impact": float(total[i]),
+            "path": path,
+        }
+        for i, ch in enumerate(channels)
+        for j, b in enumerate(betas)
+    ]
+    return pa.Table.from_pylist(rows, schema=TOP_IMPACT.schema)
+
+
+def explanations_of(layout: Any, explainer: str, layer: str) -> pa.Table:
+    f = (ds.field("explainer") == explainer) & (ds.field("layer") == layer)
+    return read_table(layout, "explanations", filter=f)
+
+
+# ---------------------------------------------------------------------------------------------------
+# units
+
+
+@dataclass
+class LayerInputs:
+    """A layer's activations (all channels) on the labelled images, with split and class index."""
+
+    ids: np.ndarray  # [n] sorted image ids
+    q: np.ndarray  # [n, K]
+    split: np.ndarray  # [n] 0/1/2 (-1 outside the split)
+    label: np.ndarray  # [n] class index
+
+
+def layer_inputs(plan: ExplainPlan, layer: str) -> LayerInputs:
+    ids, q = load_activations(plan.layout, layer)
+    split = load_split(plan.layout)
+    index = {c: i for i, c in enumerate(plan.classes)}
+    index.update({label_text(c): i for i, c in enumerate(plan.classes) if label_text(c) not in index})
+    lab = {
+        r.image_id: index.get(r.label, index.get(label_text(r.label), -1)) if r.label is not None else -1
+        for r in probe_records(plan.layout)
+    }
+    labels = np.array([lab.get(i, -1) for i in ids.tolist()], np.int64)
+    keep = labels >= 0
+    return LayerInputs(
+        ids[keep], q[keep], np.array([split.get(i, -1) for i in ids[keep].tolist()], np.int8), labels[keep]
+    )
+
+
+PatcherFactory = Callable[[np.ndarray, np.ndarray, int], Patcher]  # (image ids, q rows, neurons per call)
+
+
+def _sources(plan: ExplainPlan, explainer: str) -> tuple[Any, str]:
+    if plan.simulator is not None:
+        e = plan.embedder(plan.simulator)
+        return load_embedder_source(e.aux_dir, plan.simulator, concepts=e.exposed), plan.simulator
+    return load_source(plan, explainer), explainer
+
+
+def _columns(source: Any, names: Sequence[str]) -> np.ndarray:
+    index = {c: j for j, c in enumerate(source.concepts)}
+    missing = [c for c in names if c not in index]
+    if missing:
+        raise KeyError(f"the simulator {source.name!r} has no concept(s) {missing[:5]}")
+    return np.array([index[c] for c in names], np.int64)
+
+
+def ablation_block(
+    plan: ExplainPlan, explainer: str, layer: str, start: int, stop: int, factory: PatcherFactory, path: str
+) -> pa.Table:
+    """Ablation scores of channels ``start:stop`` of ``layer`` for ``explainer``'s explanations."""
+    cfg = plan.spec.explain
+    inp = layer_inputs(plan, layer)
+    source, simulator = _sources(plan, explainer)
+    ex = explanations_of(plan.layout, explainer, layer).to_pylist()
+    by_channel = {int(r["channel"]): r for r in ex}
+    channels = list(range(start, stop))
+    status = [
+        ("dead" if by_channel[c]["status"] == "dead" else "no_explanation")
+        if c not in by_channel or by_channel[c]["status"] != "ok"
+        else "ok"
+        for c in channels
+    ]
+    have = np.isin(inp.ids, source.image_ids())
+    vrows, trows = np.flatnonzero((inp.split == 1) & have), np.flatnonzero((inp.split == 2) & have)
+    train = np.flatnonzero(inp.split == 0)
+    live = [i for i, s in enumerate(status) if s == "ok"]
+    if not len(vrows) or not len(trows) or not len(train):
+        status = ["no_labels" if s == "ok" else s for s in status]
+        live = []
+    results: dict[str, Scores | None] = {m: None for m in cfg.ablation_methods}
+    temperature = float("nan")
+    if live:
+        ch = np.array([channels[i] for i in live], np.int64)
+        rows = np.concatenate([vrows, trows])
+        p = factory(inp.ids[rows], inp.q[rows], len(ch))
+        lv, lt = np.arange(len(vrows)), np.arange(len(vrows), len(rows))
+        labels = torch.from_numpy(inp.label[rows])
+        temperature = temperature_of(plan.spec, p, lv, labels[: len(vrows)])
+        recs = [by_channel[c] for c in ch.tolist()]
+        cols = [_columns(source, r["concepts"]) for r in recs]
+        ws, bs = [r["weights"] for r in recs], [r["intercept"] for r in recs]
+        s_val = torch.from_numpy(simulate(source, cols, ws, bs, inp.ids[vrows], cfg.chunk_images))
+        s_test = torch.from_numpy(simulate(source, cols, ws, bs, inp.ids[trows], cfg.chunk_images))
+        q_val = torch.from_numpy(inp.q[vrows][:, ch].astype(np.float64))
+        mu = torch.from_numpy(inp.q[train][:, ch].astype(np.float64).mean(0))
+        for m in cfg.ablation_methods:
+            res = score(
+                p,
+                ch,
+                (lv, labels[lv], s_val, q_val),
+                (lt, labels[lt], s_test),
+                mu,
+                m,
+                temperature,
+                cfg.optim_steps,
+                cfg.optim_lr,
+            )
+            full = {
+                f: torch.full((len(channels),), float("nan"), dtype=torch.float64)
+                for f in ("c", "d", "alpha", "v")
+            }
+            for f, src in (("c", res.c), ("d", res.d), ("alpha", res.alpha), ("v", res.val_objective)):
+                full[f][torch.as_tensor(live)] = src.detach().double()
+            results[m] = Scores(full["c"], full["d"], full["alpha"], full["v"])
+    return ablation_table(layer, explainer, simulator, channels, status, results, temperature, path)
+
+
+def ti_block(
+    plan: ExplainPlan, layer: str, start: int, stop: int, factory: PatcherFactory, path: str
+) -> pa.Table:
+    """Top Impact of channels ``start:stop`` over every labelled probe image."""
+    inp = layer_inputs(plan, layer)
+    ch = np.arange(start, stop)
+    rows = np.arange(len(inp.ids))
+    p = factory(inp.ids, inp.q, len(ch))
+    labels = torch.from_numpy(inp.label)
+    val = np.flatnonzero(inp.split == 1)
+    temperature = temperature_of(plan.spec, p, val if len(val) else rows, labels[val] if len(val) else labels)
+    acts = torch.from_numpy(inp.q[:, ch].astype(np.float64))
+    ti, total = top_impact_of(p, rows, ch, labels, acts, plan.spec.explain.betas, temperature)
+    return ti_table(layer, ch.tolist(), plan.spec.explain.betas, ti, total, path)
+
+
+def _fast_factory(plan: ExplainPlan, layer: str) -> PatcherFactory:
+    model = load_model(plan.spec.model)
+    head = dict(model.named_modules())[plan.layer(layer).head]
+    assert isinstance(head, nn.Linear)
+    return lambda ids, q, kc: FastPatcher(q, head.weight, head.bias, kc)
+
+
+def _ablation_output(table: pa.Table) -> UnitOutput:
+    meta = _meta(table)
+    return UnitOutput({"ablation_scores": table}, meta, meta)
+
+
+def _ti_output(table: pa.Table) -> UnitOutput:
+    meta = {"rows": table.num_rows}
+    return UnitOutput({"top_impact": table}, meta, meta)
+
+
+def fast_ablation_task(plan: ExplainPlan, item: tuple[str, str]) -> dict[str, Any]:
+    """CPU task: ablation scores of a whole layer (``item`` = explainer, layer) through its linear head."""
+    explainer, layer = item
+
+    def compute() -> UnitOutput:
+        return _ablation_output(
+            ablation_block(
+                plan, explainer, layer, 0, plan.layer(layer).channels, _fast_factory(plan, layer), "fast"
+            )
+        )
+
+    return run_unit(plan.layout, ABLATION_STEP, ablation_unit(explainer, layer), plan.ablation_hash, compute)
+
+
+def fast_ti_task(plan: ExplainPlan, layer: str) -> dict[str, Any]:
+    """CPU task: Top Impact of a whole layer through its linear head."""
+
+    def compute() -> UnitOutput:
+        return _ti_output(
+            ti_block(plan, layer, 0, plan.layer(layer).channels, _fast_factory(plan, layer), "fast")
+        )
+
+    return run_unit(plan.layout, TI_STEP, ti_unit(layer), plan.ti_hash, compute)
+
+
+def _meta(table: pa.Table) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in set(table["method"].to_pylist()):
+        a = [
+            x
+            for x, mm in zip(table["alpha"].to_pylist(), table["method"].to_pylist())
+            if mm == m and x is not None
+        ]
+        out[f"mean_alpha_{m}"] = float(np.mean(a)) if a else None
+    return out
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """A model-path unit: ``kind`` 'ablation' (with ``explainer``) or 'ti', channels ``start:stop``."""
+
+    kind: str
+    layer: str
+    start: int
+    stop: int
+    explainer: str = ""
+
+    @property
+    def unit(self) -> str:
+        return (
+            ablation_unit(self.explainer, self.layer, self.start)
+            if self.kind == "ablation"
+            else ti_unit(self.layer, self.start)
+        )
+
+
+def model_blocks(plan: ExplainPlan, kind: str) -> list[BlockTask]:
+    """The model-path units of ``kind``: blocks of ``explain.neurons_per_unit`` channels of every layer
+    without a fast-path head (per explainer for ablation scores)."""
+    step = plan.spec.explain.neurons_per_unit
+    explainers = plan.spec.explain.explainers if kind == "ablation" else ("",)
+    return [
+        BlockTask(kind, lp.path, s, min(s + step, lp.channels), e)
+        for e in explainers
+        for lp in plan.layers
+        if lp.head is None
+        for s in range(0, lp.channels, step)
+    ]
+
+
+class ImageBank:
+    """Preprocessed probe images by id, decoded once and kept while under ``max_bytes``."""
+
+    def __init__(self, paths: dict[int, str], pre: PreprocessConfig, max_bytes: int = 2 << 30) -> None:
+        self.paths, self.pre, self.max_bytes = paths, pre, max_bytes
+        self.cache: dict[int, torch.Tensor] = {}
+        self.bytes = 0
+
+    def batch(self, ids: np.ndarray) -> torch.Tensor:
+        out = []
+        for i in ids.tolist():
+            x = self.cache.get(i)
+            if x is None:
+                x = preprocess(decode(self.paths[i]), self.pre)
+                if self.bytes + x.numel() * 4 <= self.max_bytes:
+                    self.cache[i] = x
+                    self.bytes += x.numel() * 4
+            out.append(x)
+        return torch.stack(out)
+
+
+class AblationWorker:
+    """GPU actor for the model path: loads the model once, runs ablation and Top Impact blocks."""
+
+    def __init__(self, plan: ExplainPlan) -> None:
+        self.plan = plan
+        self.device = device_of(plan.spec)
+        self.model = load_model(plan.spec.model).to(self.device)
+        self.bank = ImageBank({r.image_id: r.path for r in probe_records(plan.layout)}, plan.preprocess)
+
+    def factory(self, layer: str) -> PatcherFactory:
+        def make(ids: np.ndarray, _q: np.ndarray, kc: int) -> Patcher:
+            return ModelPatcher(
+                self.model,
+                layer,
+                lambda rows: self.bank.batch(ids[rows]),
+                self.device,
+                self.plan.spec.explain.batch_size,
+                kc,
+                n_rows=len(ids),
+            )
+
+        return make
+
+    def run(self, task: BlockTask) -> dict[str, Any]:
+        plan = self.plan
+
+        def compute() -> UnitOutput:
+            factory = self.factory(task.layer)
+            if task.kind == "ablation":
+                return _ablation_output(
+                    ablation_block(plan, task.explainer, task.layer, task.start, task.stop, factory, "model")
+                )
+            return _ti_output(ti_block(plan, task.layer, task.start, task.stop, factory, "model"))
+
+        if task.kind == "ablation":
+            return run_unit(plan.layout, ABLATION_STEP, task.unit, plan.ablation_hash, compute)
+        return run_unit(plan.layout, TI_STEP, task.unit, plan.ti_hash, compute)

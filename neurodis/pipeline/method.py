@@ -1,0 +1,74 @@
+"""The method protocol: what a method declares, and the one registry shape.
+
+A method is a package under ``neurodis/methods/`` whose ``__init__`` defines ``METHOD``, a
+:class:`Method`. What the declaration holds is light (config class, tables, checks): reading a spec
+or listing tables imports no torch. The work itself lives in the module named by ``runtime``, which
+provides:
+
+* ``steps(spec, layout) -> Generator[Step | tuple[Step, ...], int | tuple[int, ...], dict]``: the
+  method's steps in run order. The driver runs what the generator yields before it asks for more
+  (sending back how many units each step computed in this run), so a step may be planned from what
+  earlier steps committed. Steps whose units are known together are yielded as one tuple: the driver
+  records all their plans before the first one runs, so ``neurodis status`` can count every unit of an
+  interrupted run. The generator's return value is the method's part of ``summary.json``.
+* optionally ``score_against_truth(run_dir, truth) -> dict``: the method's scorecard section against
+  the testbed's truth (:class:`neurodis.testbed.source.TestbedTruth`).
+
+``cli``, when set, names a module with ``register(subparsers)`` for the method's own CLI verbs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Union
+
+from neurodis.tablespec import TableSpec
+
+if TYPE_CHECKING:
+    from neurodis.config import AuditSpec
+    from neurodis.io.layout import RunLayout
+    from neurodis.pipeline.step import Step
+
+
+Planned = Union["Step", "tuple[Step, ...]"]  # what a method's steps generator yields
+
+
+def _no_check(spec: AuditSpec) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method's declaration.
+
+    ``name``: the one name of the method in code, manifests, ``summary.json`` and the scorecard.
+    ``stage``: what users write in ``stages:`` and as the spec section key (equal to ``name`` except
+    for Linear Explanations, whose spec key ``explain`` predates its package ``le``).
+    ``requires``: methods whose tables this one reads (committed by this run or an earlier one in the
+    same run directory); they come earlier in the registry.
+    ``namespaces``: the manifest namespaces its units commit under."""
+
+    name: str
+    stage: str
+    title: str
+    config: type
+    tables: tuple[TableSpec, ...]
+    namespaces: tuple[str, ...]
+    runtime: str
+    requires: tuple[str, ...] = ()
+    check: Callable[[AuditSpec], None] = _no_check
+    cli: str | None = None
+
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.runtime)
+
+    def steps(self, spec: AuditSpec, layout: RunLayout) -> Generator[Planned, Any, dict[str, Any]]:
+        steps: Generator[Planned, Any, dict[str, Any]] = self.module().steps(spec, layout)
+        return steps
+
+    def scorer(self) -> Callable[..., dict[str, Any]] | None:
+        fn: Callable[..., dict[str, Any]] | None = getattr(self.module(), "score_against_truth", None)
+        return fn

@@ -1,0 +1,1 @@
+"""Tools that read the tables of several methods (``neurodis diff``)."""

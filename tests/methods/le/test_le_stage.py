@@ -1,0 +1,404 @@
+"""The explain stage end to end on the tiny CNN: explanations against sklearn + the literal Algorithm 1 on
+the stored split and activations, ablation scores against patching the activation inside the model (fast
+and model paths), Top Impact against explicit per-neuron ablation, embedder explainers with a simulator,
+statuses, errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import torch
+from sklearn.linear_model import ElasticNet
+from torchvision.transforms import v2
+
+from neurodis.cli import main
+from neurodis.config import spec_from_dict
+from neurodis.data.concepts import load_concept_set
+from neurodis.io.layout import RunLayout
+from neurodis.io.tables import read_table
+from neurodis.methods.le import ablation, explanations
+from neurodis.methods.le.plan import plan_explain
+from neurodis.models.tiny import tiny_cnn
+from neurodis.orchestration.audit import run_audit, stage_status
+from neurodis.orchestration.runners import LocalRunner
+from neurodis.types import SpecError
+from tests.conftest import write_images
+from tests.reference import le_reference as ref
+
+CLASSES = ("cat", "dog", "emu", "fox", "gnu")
+TOY, TOY2 = "toy", "neurodis.models.tiny:ToyEmbedder"
+
+
+def make_spec(root: Path, out: str = "run", **explain_cfg):
+    e = {
+        "classes": str(root / "classes.txt"),
+        "neurons_per_unit": 8,
+        "optim_steps": 10,
+        "batch_size": 64,
+        **explain_cfg,
+    }
+    return spec_from_dict(
+        {
+            "model": {"arch": "neurodis.models.tiny:tiny_cnn"},
+            "data": {"kind": "imagefolder", "root": str(root / "probe")},
+            "layers": ["layer1", "layer2"],
+            "stages": ["forward", "explain"],
+            "forward": {"top_k": 5, "shard_size": 64},
+            "embed": {"templates": ["{}"]},
+            "explain": e,
+            "output": str(root / out),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("le")
+    write_images(root / "probe", per_class=16, classes=CLASSES, size=(32, 32))
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    spec = make_spec(
+        root,
+        explainers=["label", TOY],
+        simulator=TOY2,
+        calibrations={TOY: {"a": 10.0, "b": 0.0}, TOY2: {"a": 10.0, "b": 0.0}},
+    )
+    summary = run_audit(spec, runner=LocalRunner())
+    return root, root / "run", summary, spec
+
+
+def model_inputs(run_dir: Path):
+    images = read_table(run_dir, "images")
+    model = tiny_cnn().eval()
+    pre = model.preprocess_config
+    t = v2.Compose(
+        [
+            v2.Resize(pre["resize"], antialias=True),
+            v2.CenterCrop(pre["crop"]),
+            v2.Normalize(pre["mean"], pre["std"]),
+        ]
+    )
+    from PIL import Image
+
+    x = torch.stack(
+        [
+            t(torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255)
+            for p in images["path"].to_pylist()
+        ]
+    )
+    y = torch.tensor([CLASSES.index(lab) for lab in images["label"].to_pylist()])
+    return model, x, y, np.array(images["image_id"].to_pylist())
+
+
+def toy_probabilities(run_dir: Path, concepts) -> np.ndarray:
+    from PIL import Image
+
+    from neurodis.models.tiny import ToyEmbedder
+
+    toy = ToyEmbedder()
+    img = toy.embed_images(
+        [np.array(Image.open(p).convert("RGB")) for p in read_table(run_dir, "images")["path"].to_pylist()]
+    )
+    return 1 / (1 + np.exp(-10.0 * (img @ toy.embed_texts(list(concepts)).T)))
+
+
+def stored(run_dir: Path, layer: str):
+    t = read_table(run_dir, "activations").filter(ds.field("layer") == layer).sort_by("image_id")
+    q = np.array(t["mean"].to_pylist(), np.float64)
+    split = {r["image_id"]: r["split"] for r in read_table(run_dir, "split").to_pylist()}
+    codes = np.array([("train", "val", "test").index(split[i]) for i in t["image_id"].to_pylist()])
+    labels = read_table(run_dir, "images")["label"].to_pylist()
+    p = np.array([[float(lab == c) for c in CLASSES] for lab in labels])
+    return q, codes, p
+
+
+def test_split_is_seeded_stored_and_70_10_20(run):
+    _, out, summary, spec = run
+    split = read_table(out, "split")
+    assert split.num_rows == 80 and summary["stages"]["explain"]["split"] == {
+        "train": 56,
+        "val": 8,
+        "test": 16,
+    }
+    codes = explanations.split_of(split["image_id"].to_pylist(), (0.7, 0.1, 0.2), 0)
+    assert [("train", "val", "test")[c] for c in codes] == split["split"].to_pylist()
+    assert not np.array_equal(codes, explanations.split_of(range(80), (0.7, 0.1, 0.2), 1))
+
+
+@pytest.mark.parametrize("layer", ["layer1", "layer2"])
+def test_label_explanations_equal_sklearn_plus_literal_algorithm1(run, layer):
+    _, out, _, _ = run
+    q, codes, p = stored(out, layer)
+    tr, va = codes == 0, codes == 1
+    xs = (p[tr] - p[tr].mean(0)) / p[tr].std(0)
+    table = read_table(out, "explanations").filter(
+        (ds.field("layer") == layer) & (ds.field("explainer") == "label")
+    )
+    for row in table.to_pylist():
+        k = row["channel"]
+        ys = (q[tr, k] - q[tr, k].mean()) / q[tr, k].std()
+        w = ElasticNet(alpha=0.0505, l1_ratio=0.99, tol=1e-12, max_iter=100_000).fit(xs, ys).coef_
+        sc, wk, b, rho = ref.algorithm1(p[tr], q[tr, k], p[va], q[va, k], w)
+        assert row["concepts"] == [CLASSES[i] for i in sc], (layer, k)
+        assert row["status"] == ("ok" if sc else "empty")
+        if sc:
+            np.testing.assert_allclose(row["weights"], wk, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(row["intercept"], b, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(row["val_corr"], rho, atol=1e-5)
+            te = codes == 2
+            want = ref.get_correlation(p[te][:, sc] @ wk + b, q[te, k])
+            np.testing.assert_allclose(row["explainer_test_corr"], want, atol=1e-5)
+
+
+def test_fast_ablation_equals_patching_the_model(run):
+    """alpha recomputed with (c, d) from the table by replacing the channel inside the real model."""
+    _, out, _, _ = run
+    model, x, y, _ = model_inputs(out)
+    q, codes, p = stored(out, "layer2")
+    abl = read_table(out, "ablation_scores").filter(
+        (ds.field("layer") == "layer2") & (ds.field("explainer") == "label")
+    )
+    ex = {
+        r["channel"]: r
+        for r in read_table(out, "explanations")
+        .filter((ds.field("layer") == "layer2") & (ds.field("explainer") == "label"))
+        .to_pylist()
+    }
+    te = np.flatnonzero(codes == 2)
+    sim_p = toy_probabilities(out, CLASSES)  # the simulator's P(class name | image), computed directly
+    checked = 0
+    for r in abl.to_pylist():
+        assert r["path"] == "fast"
+        if r["status"] != "ok":
+            assert r["alpha"] is None and ex[r["channel"]]["status"] != "ok"
+            continue
+        e = ex[r["channel"]]
+        assert r["simulator"] == TOY2
+        s = sim_p[te][:, [CLASSES.index(c) for c in e["concepts"]]] @ np.array(e["weights"]) + e["intercept"]
+        mu = q[codes == 0, r["channel"]].mean()
+        want = ref.alpha(
+            model, x[te], y[te], "layer2", r["channel"], torch.tensor(r["c"] * s + r["d"]), mu, 1.1
+        )
+        np.testing.assert_allclose(r["alpha"], want, rtol=1e-4, atol=1e-5)
+        checked += 1
+        if checked == 6:
+            break
+    assert checked >= 2
+
+
+def test_model_path_equals_fast_path(run):
+    root, out, _, spec = run
+    plan, _ = plan_explain(spec, RunLayout(out))
+    assert plan.layer("layer2").head == "fc" and plan.layer("layer1").head is None
+    worker = ablation.AblationWorker(plan)
+    fast = ablation.ablation_block(
+        plan, "label", "layer2", 0, 6, ablation._fast_factory(plan, "layer2"), "fast"
+    )
+    slow = ablation.ablation_block(plan, "label", "layer2", 0, 6, worker.factory("layer2"), "model")
+    for col in ("c", "d", "alpha", "val_objective"):
+        a = np.array([np.nan if v is None else v for v in fast[col].to_pylist()])
+        b = np.array([np.nan if v is None else v for v in slow[col].to_pylist()])
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4, err_msg=col)
+    t_fast = ablation.ti_block(plan, "layer2", 0, 6, ablation._fast_factory(plan, "layer2"), "fast")
+    t_slow = ablation.ti_block(plan, "layer2", 0, 6, worker.factory("layer2"), "model")
+    np.testing.assert_allclose(
+        t_fast["ti"].to_numpy(zero_copy_only=False),
+        t_slow["ti"].to_numpy(zero_copy_only=False),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("layer", ["layer2", "layer1"])
+def test_top_impact_equals_explicit_per_neuron_ablation(run, layer):
+    _, out, _, spec = run
+    model, x, y, _ = model_inputs(out)
+    q, _, _ = stored(out, layer)
+    ti = (
+        read_table(out, "top_impact")
+        .filter(ds.field("layer") == layer)
+        .sort_by([("channel", "ascending"), ("beta", "ascending")])
+    )
+    betas = sorted(spec.explain.betas)
+    for ch in (0, 3, 7):
+        got = ti.filter(ds.field("channel") == ch)["ti"].to_pylist()
+        want = ref.top_impact(model, x, y, layer, ch, q[:, ch], betas, 1.1)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=f"{layer}/{ch}")
+
+
+def test_embedder_explainer_with_a_different_simulator(run):
+    _, out, _, _ = run
+    concepts = read_table(out, "le_concepts").filter(ds.field("explainer") == TOY)
+    assert concepts["concept"].to_pylist() == sorted(load_concept_set("testbed")[1]) and any(
+        concepts["kept"].to_pylist()
+    )
+    t = read_table(out, "explanations").filter(ds.field("explainer") == TOY)
+    assert set(t["simulator"].to_pylist()) == {TOY2}
+    ok = [r for r in t.to_pylist() if r["status"] == "ok"]
+    assert ok and all(r["test_corr"] is not None for r in ok)
+    # the toy simulator embeds like the toy explainer: the simulation equals the explainer's own
+    np.testing.assert_allclose(
+        [r["test_corr"] for r in ok], [r["explainer_test_corr"] for r in ok], atol=1e-5
+    )
+    assert (out / "_le_embed").is_dir()
+    abl = read_table(out, "ablation_scores").filter(ds.field("explainer") == TOY)
+    assert set(abl["simulator"].to_pylist()) == {TOY2}
+
+
+def test_status_cli_and_report(run, capsys):
+    root, out, _, _ = run
+    assert stage_status(out)["explain"]["pending"] == 0
+    assert main(["explain", str(out), "layer2/3"]) == 0
+    text = capsys.readouterr().out
+    assert "layer2/3" in text and "LE(label)" in text and "top impact" in text and "top images" in text
+    assert main(["explain", str(out), "layer2/999"]) == 1
+
+
+def test_resume_changes_nothing(run):
+    root, out, _, spec = run
+    before = {t: read_table(out, t) for t in ("explanations", "ablation_scores", "top_impact")}
+    summary = run_audit(spec, runner=LocalRunner())
+    assert summary["stages"]["explain"]["units_run"] == 0
+    for t, table in before.items():
+        assert read_table(out, t).equals(table)
+
+
+def test_dead_neurons_get_a_status(tmp_path):
+    write_images(tmp_path / "probe", per_class=8, classes=CLASSES, size=(32, 32))
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    spec = make_spec(tmp_path, ablation_methods=["norm"])
+    spec = spec_from_dict({**spec.to_dict(), "forward": {"top_k": 5, "dead_threshold": 1e9}})
+    run_audit(spec, runner=LocalRunner())
+    t = read_table(tmp_path / "run", "explanations")
+    assert set(t["status"].to_pylist()) == {"dead"} and set(t["length"].to_pylist()) == {0}
+    assert set(read_table(tmp_path / "run", "ablation_scores")["status"].to_pylist()) == {"dead"}
+
+
+def test_spec_errors(tmp_path):
+    base = {
+        "model": {"arch": "neurodis.models.tiny:tiny_cnn"},
+        "data": {"kind": "imagefolder", "root": str(tmp_path)},
+        "stages": ["forward", "explain"],
+    }
+    with pytest.raises(SpecError, match="different from every explainer"):
+        spec_from_dict({**base, "explain": {"explainers": ["label", TOY], "simulator": TOY}})
+    with pytest.raises(SpecError, match="sum"):
+        spec_from_dict({**base, "explain": {"split": [0.5, 0.1, 0.1]}})
+    with pytest.raises(SpecError, match="rank_by"):
+        spec_from_dict({**base, "explain": {"rank_by": "size"}})
+    write_images(tmp_path / "probe", per_class=3, classes=("cat", "dog"), size=(32, 32))
+    spec = spec_from_dict(
+        {
+            **base,
+            "data": {"kind": "imagefolder", "root": str(tmp_path / "probe")},
+            "layers": ["layer2"],
+            "stages": ["explain"],
+        }
+    )
+    with pytest.raises(SpecError, match="5 outputs but 2 class names"):
+        plan_explain(spec, RunLayout(tmp_path / "run"))
+    spec = spec_from_dict({**spec.to_dict(), "explain": {"ablation": False, "top_impact": False}})
+    with pytest.raises(SpecError, match="run the forward stage first"):
+        plan_explain(spec, RunLayout(tmp_path / "run"))
+
+
+@pytest.mark.ray
+def test_ray_runner_gives_identical_tables(run, ray_session):
+    """Local and Ray runs of one spec (fast and model ablation paths: CPU tasks and actors) agree exactly."""
+    from neurodis.orchestration.runners import RayRunner
+
+    root = run[0]
+    spec = make_spec(root, ablation_methods=["norm"])
+    run_audit(spec, out=root / "local", runner=LocalRunner())
+    run_audit(spec, out=root / "ray", runner=RayRunner())
+    for t in ("split", "le_concepts", "explanations", "ablation_scores", "top_impact"):
+        a, b = read_table(root / "local", t), read_table(root / "ray", t)
+        assert a.num_rows and a.equals(b), t
+    assert json.loads((root / "ray" / "summary.json").read_text())["status"] == "complete"
+
+
+def test_a_failing_neuron_records_its_error_and_the_rest_go_on(run, monkeypatch):
+    root, out, _, spec = run
+    plan, _ = plan_explain(spec, RunLayout(out))
+    real = explanations.solve
+
+    def flaky(train, val, alive, plan, device):
+        if len(alive) > 1 or int(alive[0]) == 3:
+            raise FloatingPointError("planted failure")
+        return real(train, val, alive, plan, device)
+
+    monkeypatch.setattr(explanations, "solve", flaky)
+    table = explanations.explain_layer(plan, "label", "layer2").to_pylist()
+    assert table[3]["status"] == "error: FloatingPointError: planted failure" and table[3]["concepts"] == []
+    want = {
+        r["channel"]: r
+        for r in read_table(out, "explanations")
+        .filter((ds.field("layer") == "layer2") & (ds.field("explainer") == "label"))
+        .to_pylist()
+    }
+    for r in table:
+        if r["channel"] != 3:
+            assert (r["status"], r["concepts"]) == (
+                want[r["channel"]]["status"],
+                want[r["channel"]]["concepts"],
+            )
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 3, 3), (4, 5, 6), (4, 6)])
+def test_channel_patch_replaces_one_channel_per_block(shape):
+    """Conv maps, token layers [N, T, C] and vectors: block g of the repeated batch gets channel
+    channels[g] replaced by its value everywhere; the rest is untouched; the hook is removed."""
+    module = torch.nn.Identity()
+    x = torch.randn(*shape)
+    channels = torch.tensor([1, 4])
+    values = torch.tensor([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0], [70.0, 80.0]])  # [B, G]
+    xr = x.repeat(2, *([1] * (x.dim() - 1)))
+    with ablation.channel_patch(module, channels, lambda: values):
+        y = module(xr)
+    cdim = 2 if x.dim() == 3 else 1
+    for g, ch in enumerate(channels.tolist()):
+        for b in range(4):
+            got, orig = y[g * 4 + b].movedim(cdim - 1, 0), x[b].movedim(cdim - 1, 0)
+            assert torch.all(got[ch] == values[b, g])
+            keep = [c for c in range(x.shape[cdim]) if c != ch]
+            assert torch.equal(got[keep], orig[keep])
+    assert torch.equal(module(x), x)
+
+
+class _SkipAround(torch.nn.Module):
+    """``logits = fc(pool(inner(h) + h))``: the part above ``inner`` reads ``h`` from below it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.inner = torch.nn.Conv2d(4, 4, 1)
+        self.fc = torch.nn.Linear(4, 5)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.fc((self.inner(h) + h).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model,layer,truncated", [(tiny_cnn, "layer1", True), (_SkipAround, "inner", False)])
+def test_model_patcher_equals_patching_one_neuron_at_a_time(model, layer, truncated):
+    """Forward passes from the layer on (or from the input, when the upper part reads below the layer)
+    equal the reference hook patching, neuron by neuron."""
+    net = model().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    patcher = ablation.ModelPatcher(net, layer, lambda rows: x[torch.as_tensor(rows)], "cpu", 64, 3, n_rows=6)
+    channels = np.array([0, 2, 3])
+    values = torch.randn(6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = patcher.logits(np.arange(6), channels, values)
+    assert patcher.truncated is truncated
+    for j, ch in enumerate(channels.tolist()):
+        want = ref.patched_logits(net, x, layer, ch, values[:, j])
+        np.testing.assert_allclose(got[:, j].numpy(), want.double().numpy(), rtol=1e-4, atol=1e-5)
