@@ -62,7 +62,7 @@ def test_each_gpu_actor_gets_a_distinct_logical_gpu(tmp_path: Path):
         import json, ray
         from neurodis.orchestration.runners import RayRunner
         from neurodis.orchestration.audit import run_audit
-        from tests.test_placement import _spec
+        from tests.orchestration.test_placement import _spec
         from pathlib import Path
         ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="WARNING")
         s = run_audit(_spec(Path({str(probe)!r}), Path({str(tmp_path / "gpus")!r}), cpus_per_worker=1),
@@ -89,7 +89,7 @@ def test_two_node_cluster_spreads_work_with_identical_outputs(tmp_path: Path):
         from ray.cluster_utils import Cluster
         from neurodis.orchestration.runners import RayRunner
         from neurodis.orchestration.audit import run_audit
-        from tests.test_placement import _spec
+        from tests.orchestration.test_placement import _spec
         from pathlib import Path
         cluster = Cluster()
         cluster.add_node(num_cpus=1, num_gpus=1)   # head: stands in for machine A

@@ -46,8 +46,7 @@ FILES = {
 
         from neurodis.tablespec import table_spec
 
-        BREADTH = table_spec("breadth", "breadth", ("layer", "channel"), "Images above a fraction of the
-        max.", [
+        BREADTH = table_spec("breadth", "breadth", ("layer", "channel"), "Images above a fraction.", [
             ("layer", pa.string(), "module path"),
             ("channel", pa.int32(), "channel"),
             ("images", pa.int64(), "probe images whose max exceeds fraction * the neuron's max"),

@@ -23,7 +23,7 @@ from neurodis.methods.psi.scorer import score_against_truth
 from neurodis.orchestration.audit import run_audit
 from neurodis.orchestration.runners import LocalRunner
 from tests.conftest import write_images
-from tests.test_embed_stage import TOY, make_spec
+from tests.methods.embed.test_embed_stage import TOY, make_spec
 
 
 @pytest.fixture(scope="module")
