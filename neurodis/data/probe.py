@@ -113,9 +113,8 @@ def check_readable(cfg: DataConfig, records: Sequence[ProbeRecord], sample: int 
         return
     from PIL import Image, UnidentifiedImageError
 
-    picks = sorted(
-        {round(i * (len(records) - 1) / max(1, sample - 1)) for i in range(min(sample, len(records)))}
-    )
+    k = min(sample, len(records))
+    picks = sorted({round(i * (len(records) - 1) / max(1, k - 1)) for i in range(k)})
     failures = []
     for i in picks:
         try:
