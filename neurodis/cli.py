@@ -72,11 +72,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     for stage, s in stage_status(args.run_dir).items():
         line = f"{stage}: {s['committed']} committed, {s['pending']} pending"
-        if not s["started"]:
+        if not (s["planned"] or s["committed"] or s["pending"]):
             line = f"{stage}: not planned yet"
         if s["pending_units"]:
             line += f" (next: {', '.join(s['pending_units'][:5])})"
-        if not s["known"]:
+        if not s.get("known", True):
             line += " (a stage this neurodis version does not know)"
         print(line)
     return 0

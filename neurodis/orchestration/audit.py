@@ -314,7 +314,6 @@ def _plan_status(layout: RunLayout, plans: list[dict[str, Any]]) -> dict[str, An
         "pending": len(expected),
         "pending_units": expected[:20],
         "planned": any(p.get("step") is None and "steps" in p for p in plans),
-        "started": bool(plans),
     }
 
 
@@ -322,9 +321,9 @@ def stage_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Per stage: committed units and the units a resumed run would still compute, from the plan the
     driver recorded and the manifests. Reads files only: no model, no Ray, no torch. A stage whose steps
     were not all planned yet (later steps are planned once earlier ones commit) says so with
-    ``planned: false``; one with no plan yet with ``started: false``. Stages of the recorded spec come
-    in run order, then any other stage the run directory holds plans for; a stage this version's
-    registry does not know is reported from its plans with ``known: false``."""
+    ``planned: false``. Stages of the recorded spec come in run order, then any other stage the run
+    directory holds plans for; a stage this version's registry does not know is reported from its plans
+    with ``known: false``."""
     layout = RunLayout(Path(run_dir))
     if not layout.spec_path.is_file():
         raise FileNotFoundError(
@@ -342,5 +341,5 @@ def stage_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     for stage in stages:
         method = by_stage.get(stage)
         folder = layout.plan_dir / safe_name(method.name if method else stage)
-        out[stage] = _plan_status(layout, _read_plans(folder)) | {"known": method is not None}
+        out[stage] = _plan_status(layout, _read_plans(folder)) | ({} if method else {"known": False})
     return out
