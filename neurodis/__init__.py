@@ -27,6 +27,7 @@ _EXPORTS = {
     "SpecError": "neurodis.types",
     "NeuronRef": "neurodis.types",
     "run_audit": "neurodis.orchestration.audit",
+    "run_preflight": "neurodis.preflight",
     "stage_status": "neurodis.orchestration.audit",
     "StageFailed": "neurodis.pipeline.step",
     "LocalRunner": "neurodis.orchestration.runners",

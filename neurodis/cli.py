@@ -29,13 +29,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from neurodis.config import load_spec
     from neurodis.orchestration.audit import run_audit
     from neurodis.orchestration.runners import LocalRunner, RayRunner
+    from neurodis.preflight import run_preflight
 
     overrides: dict[str, Any] = {}
     if args.stages:
         overrides["stages"] = args.stages
     spec = load_spec(args.spec, overrides)
+    run_preflight(spec)  # every problem of the spec at once, before Ray starts
     runner = LocalRunner() if args.local else RayRunner(address=args.address)
-    summary = run_audit(spec, out=args.out, runner=runner, overwrite=args.overwrite)
+    summary = run_audit(spec, out=args.out, runner=runner, overwrite=args.overwrite, preflight=False)
     _print_summary(summary)
     return 0
 
@@ -70,8 +72,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     for stage, s in stage_status(args.run_dir).items():
         line = f"{stage}: {s['committed']} committed, {s['pending']} pending"
+        if not (s["planned"] or s["committed"] or s["pending"]):
+            line = f"{stage}: not planned yet"
         if s["pending_units"]:
             line += f" (next: {', '.join(s['pending_units'][:5])})"
+        if not s.get("known", True):
+            line += " (a stage this neurodis version does not know)"
         print(line)
     return 0
 

@@ -102,8 +102,9 @@ class AuditSpec:
                 raise SpecError(f"stages: unknown stage {s!r}{did_you_mean(s, order)}; known: {list(order)}")
         if len(set(self.stages)) != len(self.stages):
             raise SpecError("stages: a stage is listed twice")
-        for method in registry.METHODS:
-            method.check(self)
+        problems = [p for method in registry.METHODS for p in method.check(self)]
+        if problems:  # every method's cross-section problems together
+            raise SpecError(problems)
 
     def __getattr__(self, name: str) -> Any:  # only reached when normal lookup fails: a method's section
         if not name.startswith("__"):

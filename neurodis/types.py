@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, order=True)
@@ -36,4 +40,31 @@ class NeuronRef:
 
 
 class SpecError(ValueError):
-    """A bad audit spec or bad input named before any compute; the message says what to fix."""
+    """A bad audit spec or bad input named before any compute; the message says what to fix.
+
+    ``SpecError("key: problem; fix")`` is one problem on one line. ``SpecError([p1, p2, ...])`` reports
+    several problems together (the preflight's way), one line each; ``problems`` holds them."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        items = (problems,) if isinstance(problems, str) else tuple(dict.fromkeys(problems))
+        self.problems: tuple[str, ...] = items or ("spec error (no detail given)",)
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = f"{len(self.problems)} problems, fix each:\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[type[SpecError], tuple[tuple[str, ...]]]:  # pickles with its problems
+        return (SpecError, (self.problems,))
+
+
+def gather(problems: list[str], check: Callable[[], T]) -> T | None:
+    """Run ``check``; a ``SpecError`` it raises adds its problems to ``problems`` and gives None, so
+    independent checks all report (``gather(problems, lambda: load_model(cfg))``)."""
+    try:
+        return check()
+    except SpecError as e:
+        problems.extend(e.problems)
+        return None

@@ -56,6 +56,6 @@ def test_cli_errors_are_one_line(tmp_path: Path, probe_dir: Path, capsys):
     )
     assert main(["audit", str(spec), "--local"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("neurodis: error: layers: unknown module path 'layr1' (closest: 'layer1')")
+    assert err[-1].startswith("neurodis: error: layers: unknown module path 'layr1' (close matches: 'layer1'")
     assert main(["status", str(tmp_path)]) == 1
     assert "not a neurodis run directory" in capsys.readouterr().err

@@ -7,7 +7,9 @@ manifests, render index for the synthetic world), so every worker and every reru
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import numpy as np
 from neurodis.data.sources import SYNTHETIC_SCHEME, parse_path, synthetic_path, synthetic_source
 from neurodis.sections import DataConfig
 from neurodis.types import SpecError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -94,6 +98,43 @@ def list_probe_set(cfg: DataConfig) -> list[ProbeRecord]:
             "point data.root at a folder of class sub-folders holding images"
         )
     return records
+
+
+def data_key(cfg: DataConfig) -> str:
+    """The spec key that names where the probe images (and their labels) come from."""
+    return "data.manifest" if cfg.kind == "manifest" else "data.root" if cfg.kind == "imagefolder" else "data"
+
+
+def check_readable(cfg: DataConfig, records: Sequence[ProbeRecord], sample: int = 16) -> None:
+    """Open the headers (not the pixels) of up to ``sample`` evenly spaced images of the listing; a
+    ``SpecError`` when none opens (files that are not images, a manifest naming missing files). Some
+    unreadable images are no error: the forward stage rejects them one by one."""
+    if cfg.kind == "synthetic" or not records:
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    k = min(sample, len(records))
+    picks = sorted({round(i * (len(records) - 1) / max(1, k - 1)) for i in range(k)})
+    failures = []
+    for i in picks:
+        try:
+            with Image.open(records[i].path):  # reads the header only
+                pass
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            failures.append(f"{records[i].path!r}: {type(e).__name__}")
+    if len(failures) == len(picks):
+        raise SpecError(
+            f"{data_key(cfg)}: none of the {len(picks)} sampled probe images opens as an image (e.g. "
+            f"{failures[0]}); point {data_key(cfg)} at image files"
+        )
+    if failures:
+        log.warning(
+            "%s: %d of %d sampled probe images do not open (e.g. %s); the forward stage rejects them",
+            data_key(cfg),
+            len(failures),
+            len(picks),
+            failures[0],
+        )
 
 
 def fingerprint(records: list[ProbeRecord]) -> str:

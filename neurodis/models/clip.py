@@ -72,12 +72,24 @@ def _cached_tag_file(model: str, tag: str, cache_dir: str | None) -> str | None:
     return None
 
 
+def check_model(model: str, key: str = "embed.embedder") -> None:
+    """A ``SpecError`` naming ``key`` when open_clip has no model ``model``."""
+    known = _known_models()
+    if model not in known:
+        import difflib
+
+        close = difflib.get_close_matches(model, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"{key}: open_clip has no model {model!r}{hint}; see open_clip.list_models()")
+
+
 def resolve_checkpoint(
-    model: str, checkpoint: str | None, cache_dir: str | None = None
+    model: str, checkpoint: str | None, cache_dir: str | None = None, key: str = "embed.checkpoint"
 ) -> tuple[str | None, str]:
-    """(file to load or None for random weights, a short identity of the weights for config hashes)."""
+    """(file to load or None for random weights, a short identity of the weights for config hashes);
+    errors name the spec ``key`` that gave ``checkpoint``."""
     hint = (
-        "set embed.checkpoint to a local weights file for this model, to a pretrained tag whose file is "
+        f"set {key} to a local weights file for this model, to a pretrained tag whose file is "
         "already "
         f"in the cache (tags for {model}: {{tags}}), or to 'random' for random weights (tests only)"
     )
@@ -87,7 +99,7 @@ def resolve_checkpoint(
     tags = (", ".join(known[:6]) + (", ..." if len(known) > 6 else "")) or "none"
     if checkpoint is None or checkpoint == "":
         raise SpecError(
-            f"embed.checkpoint is missing: open_clip model {model!r} needs weights and nothing is "
+            f"{key} is missing: open_clip model {model!r} needs weights and nothing is "
             f"downloaded at run time; {hint.format(tags=tags)}"
         )
     if checkpoint == RANDOM:
@@ -104,9 +116,7 @@ def resolve_checkpoint(
         if ("/" in checkpoint or checkpoint.endswith((".pt", ".bin", ".safetensors")))
         else "is neither a file nor a pretrained tag already in the local cache"
     )
-    raise SpecError(
-        f"embed.checkpoint {checkpoint!r} for open_clip model {model!r} {what}; {hint.format(tags=tags)}"
-    )
+    raise SpecError(f"{key} {checkpoint!r} for open_clip model {model!r} {what}; {hint.format(tags=tags)}")
 
 
 def _preprocess_overrides(model: str, checkpoint: str | None) -> dict[str, Any]:
@@ -139,14 +149,7 @@ class OpenClipEmbedder:
     ) -> None:
         import open_clip
 
-        if model not in _known_models():
-            import difflib
-
-            close = difflib.get_close_matches(model, _known_models(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SpecError(
-                f"embed.embedder: open_clip has no model {model!r}{hint}; see open_clip.list_models()"
-            )
+        check_model(model)
         path, self.identity = resolve_checkpoint(model, checkpoint, cache_dir)
         overrides = _preprocess_overrides(model, checkpoint)
         self.model_name = model

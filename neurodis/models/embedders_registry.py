@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from neurodis.models.embedder import Embedder
+from neurodis.types import SpecError
 
 
 def _toy() -> Embedder:
@@ -49,6 +50,58 @@ EMBEDDERS: dict[str, Callable[[], Any]] = {
 OPEN_CLIP_PREFIX = "open_clip:"  # "open_clip:<model>": any open_clip model (neurodis.models.clip)
 
 
+def _import_callable(name: str) -> Any:
+    """The object at ``package.module:callable`` (imported, never evaluated); ValueError naming it."""
+    module_name, _, attr = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"embedder {name!r}: cannot import {attr!r} from {module_name!r} ({e})") from None
+    if not callable(obj):
+        raise ValueError(f"embedder {name!r}: {attr!r} is not callable")
+    return obj
+
+
+def _unknown(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(EMBEDDERS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"unknown embedder {name!r}{hint}; known: {sorted(EMBEDDERS)}, 'open_clip:<model>' or "
+        "'package.module:callable'"
+    )
+
+
+def check_embedder(
+    name: str,
+    checkpoint: str | None,
+    key: str = "embed.embedder",
+    checkpoint_key: str = "embed.checkpoint",
+    cache_dir: str | None = None,
+) -> str:
+    """Check that embedder ``name`` (the spec's ``key``) exists and its weights (``checkpoint_key``) are
+    there, without loading them; returns what its outputs depend on (name and weights) for config
+    hashes. Errors are ``SpecError``s naming the key."""
+    if name.startswith(OPEN_CLIP_PREFIX):
+        from neurodis.models.clip import check_model, resolve_checkpoint
+
+        model = name[len(OPEN_CLIP_PREFIX) :]
+        check_model(model, key)
+        return f"{name}|{resolve_checkpoint(model, checkpoint, cache_dir, checkpoint_key)[1]}"
+    if name in EMBEDDERS:
+        return name
+    if ":" not in name:
+        raise SpecError(f"{key}: {_unknown(name)}")
+    try:
+        _import_callable(name)
+    except ValueError as e:
+        raise SpecError(f"{key}: {e}; install the package or fix the name") from None
+    return name
+
+
 def get_embedder(
     name: str, checkpoint: str | None = None, device: str | None = None, cache_dir: str | None = None
 ) -> Embedder:
@@ -63,24 +116,9 @@ def get_embedder(
     elif name in EMBEDDERS:
         emb = EMBEDDERS[name]()
     elif ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(
-                f"embedder {name!r}: cannot import {attr!r} from {module_name!r} ({e})"
-            ) from None
-        emb = obj()
+        emb = _import_callable(name)()
     else:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(EMBEDDERS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"unknown embedder {name!r}{hint}; known: {sorted(EMBEDDERS)} or 'package.module:callable'"
-        )
+        raise ValueError(_unknown(name))
     if not isinstance(emb, Embedder):
         raise ValueError(
             f"embedder {name!r} built a {type(emb).__name__}, which lacks the Embedder interface "

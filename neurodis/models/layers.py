@@ -125,19 +125,34 @@ def discover_layers(model: nn.Module, input_size: int, device: torch.device | st
     return infos
 
 
-def resolve_layers(infos: Sequence[LayerInfo], wanted: Sequence[str] | str) -> list[LayerInfo]:
-    """The spec's ``layers`` (module paths or ``"all"``) as LayerInfos; unknown names are an error
-    listing the valid paths and the closest match."""
-    by_path = {i.path: i for i in infos}
+def layer_problems(infos: Sequence[LayerInfo], wanted: Sequence[str] | str, key: str = "layers") -> list[str]:
+    """One problem per module path of ``wanted`` (the spec's ``key``) that the model lacks, each with a
+    few close matches, never the whole list."""
+    if wanted == "all":
+        return []
+    paths = [i.path for i in infos]
+    out = []
+    for path in wanted:
+        if path in paths:
+            continue
+        close = difflib.get_close_matches(path, paths, n=5, cutoff=0.6)
+        hint = f" (close matches: {', '.join(repr(c) for c in close)})" if close else " (no close match)"
+        out.append(
+            f"{key}: unknown module path {path!r}{hint}; `neurodis layers <spec.yaml>` lists every path"
+        )
+    return out
+
+
+def resolve_layers(
+    infos: Sequence[LayerInfo], wanted: Sequence[str] | str, key: str = "layers"
+) -> list[LayerInfo]:
+    """The spec's ``layers`` (module paths or ``"all"``) as LayerInfos; unknown paths are one problem
+    each, with their close matches (:func:`layer_problems`)."""
     if wanted == "all":
         chosen = [i for i in infos if i.default]
         return chosen or list(infos)
-    out = []
-    for path in wanted:
-        if path not in by_path:
-            close = difflib.get_close_matches(path, list(by_path), n=1)
-            hint = f" (closest: {close[0]!r})" if close else ""
-            listing = ", ".join(by_path) if len(by_path) <= 40 else ", ".join(list(by_path)[:40]) + ", ..."
-            raise SpecError(f"layers: unknown module path {path!r}{hint}; valid paths: {listing}")
-        out.append(by_path[path])
-    return out
+    problems = layer_problems(infos, wanted, key)
+    if problems:
+        raise SpecError(problems)
+    by_path = {i.path: i for i in infos}
+    return [by_path[path] for path in wanted]

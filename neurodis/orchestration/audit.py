@@ -9,6 +9,7 @@ only; bulk data stays in the workers and the Parquet tables.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -20,14 +21,16 @@ from typing import Any
 
 import yaml
 
-from neurodis.config import AuditSpec, load_spec
+from neurodis import registry
+from neurodis.config import AuditSpec
 from neurodis.io.atomic import write_json_atomic, write_text_atomic
-from neurodis.io.layout import RunLayout
+from neurodis.io.layout import RunLayout, safe_name
 from neurodis.io.manifest import attempts, check_stage_hash, committed, publish_to_cache, remove_uncommitted
 from neurodis.orchestration.runners import LocalRunner, Runner
 from neurodis.pipeline.method import Method
 from neurodis.pipeline.step import Resources, StageFailed, Step
 from neurodis.schemas import TABLES
+from neurodis.types import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +211,22 @@ def run_method(
 
 
 def run_audit(
-    spec: AuditSpec, out: str | Path | None = None, runner: Runner | None = None, overwrite: bool = False
+    spec: AuditSpec,
+    out: str | Path | None = None,
+    runner: Runner | None = None,
+    overwrite: bool = False,
+    preflight: bool = True,
 ) -> dict[str, Any]:
-    """Run every stage of ``spec`` that is not yet committed; returns (and writes) the summary."""
+    """Run every stage of ``spec`` that is not yet committed; returns (and writes) the summary. First
+    the preflight (``neurodis.preflight``) checks everything the spec names and reports every problem
+    at once; ``preflight=False`` when the caller has just run it (``neurodis audit`` runs it before it
+    starts Ray)."""
+    if preflight:
+        from neurodis.preflight import (
+            run_preflight,
+        )  # local: `neurodis status` imports this module, not torch
+
+        run_preflight(spec)
     layout = RunLayout(Path(out or spec.output), Path(spec.cache_dir) if spec.cache_dir else None)
     layout.root.mkdir(parents=True, exist_ok=True)
     runner = runner or LocalRunner()
@@ -242,42 +258,88 @@ def run_audit(
     return summary
 
 
+def _recorded_stages(layout: RunLayout) -> list[str]:
+    """The stages of the spec a run recorded (its ``spec.yaml``, read as plain YAML: no validation, so
+    a spec written by another neurodis version still reads)."""
+    try:
+        raw = yaml.safe_load(layout.spec_path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(
+            f"{layout.spec_path} is not readable YAML ({type(e).__name__}); is {layout.root} a neurodis run "
+            "directory?"
+        ) from None
+    stages = raw.get("stages", ["forward"]) if isinstance(raw, dict) else None
+    if isinstance(stages, str):
+        stages = [stages]
+    if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        raise SpecError(f"{layout.spec_path}: 'stages' is not a list of stage names; is it a neurodis spec?")
+    return stages
+
+
+def _read_plans(folder: Path) -> list[dict[str, Any]]:
+    plans = []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            plan = json.loads(p.read_text())
+        except (OSError, ValueError):
+            log.warning("status: %s is not readable JSON; left out", p)
+            continue
+        if isinstance(plan, dict):
+            plans.append(plan)
+    return plans
+
+
+def _plan_status(layout: RunLayout, plans: list[dict[str, Any]]) -> dict[str, Any]:
+    expected: list[str] = []
+    have = 0
+    seen: dict[tuple[str, str, str], set[str]] = {}
+    for p in plans:
+        units = p.get("units")
+        if not isinstance(units, list) or not isinstance(p.get("root"), str):
+            continue
+        step_layout = RunLayout((layout.root / p["root"]).resolve())
+        for unit in units:
+            if not (isinstance(unit, list) and len(unit) == 3 and all(isinstance(x, str) for x in unit)):
+                continue
+            name, namespace, h = unit
+            key = (str(step_layout.root), namespace, h)
+            if key not in seen:
+                seen[key] = set(committed(step_layout, namespace, h))
+            if name in seen[key]:
+                have += 1
+            else:
+                expected.append(name)
+    return {
+        "committed": have,
+        "pending": len(expected),
+        "pending_units": expected[:20],
+        "planned": any(p.get("step") is None and "steps" in p for p in plans),
+    }
+
+
 def stage_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Per stage: committed units and the units a resumed run would still compute, from the plan the
-    driver recorded and the manifests. Reads files only: no model, no Ray. A stage whose steps were not
-    all planned yet (later steps are planned once earlier ones commit) says so with ``planned: false``."""
-    import json
-
+    driver recorded and the manifests. Reads files only: no model, no Ray, no torch. A stage whose steps
+    were not all planned yet (later steps are planned once earlier ones commit) says so with
+    ``planned: false``. Stages of the recorded spec come in run order, then any other stage the run
+    directory holds plans for; a stage this version's registry does not know is reported from its plans
+    with ``known: false``."""
     layout = RunLayout(Path(run_dir))
     if not layout.spec_path.is_file():
         raise FileNotFoundError(
             f"{run_dir} is not a neurodis run directory (no spec.yaml); pass the --out of an audit"
         )
-    spec = load_spec(layout.spec_path)
+    listed = _recorded_stages(layout)
+    by_stage, by_name = registry.by_stage(), registry.by_name()
+    on_disk = (
+        sorted(p.name for p in layout.plan_dir.iterdir() if p.is_dir()) if layout.plan_dir.is_dir() else []
+    )
+    stages = [s for s in registry.stage_order() if s in listed or by_stage[s].name in on_disk]
+    stages += [s for s in listed if s not in by_stage]
+    stages += [n for n in on_disk if n not in by_name and n not in stages]
     out: dict[str, dict[str, Any]] = {}
-    for method in spec.methods:
-        folder = layout.plan_dir / method.name
-        plans = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-        complete = any(p.get("step") is None and "steps" in p for p in plans)
-        expected: list[str] = []
-        have = 0
-        seen: dict[tuple[str, str, str], set[str]] = {}
-        for p in plans:
-            if "units" not in p:
-                continue
-            step_layout = RunLayout((layout.root / p["root"]).resolve())
-            for name, namespace, h in p["units"]:
-                key = (str(step_layout.root), namespace, h)
-                if key not in seen:
-                    seen[key] = set(committed(step_layout, namespace, h))
-                if name in seen[key]:
-                    have += 1
-                else:
-                    expected.append(name)
-        out[method.stage] = {
-            "committed": have,
-            "pending": len(expected),
-            "pending_units": expected[:20],
-            "planned": complete,
-        }
+    for stage in stages:
+        method = by_stage.get(stage)
+        folder = layout.plan_dir / safe_name(method.name if method else stage)
+        out[stage] = _plan_status(layout, _read_plans(folder)) | ({} if method else {"known": False})
     return out

@@ -15,6 +15,13 @@ provides:
   the testbed's truth (:class:`neurodis.testbed.source.TestbedTruth`).
 
 ``cli``, when set, names a module with ``register(subparsers)`` for the method's own CLI verbs.
+
+A method checks its inputs in two places, each check in one of them. ``check(spec) -> list[str]`` (in its
+config module, no I/O) returns the problems across spec sections; the spec collects every method's
+problems when it is built. ``preflight``, when set, names a module whose ``preflight(inputs) ->
+list[str]`` returns the problems of what the spec names for this method (embedder weights, concept
+files, the model's classes against the probe labels ...), given the :class:`SpecInputs` the driver
+loaded once; ``neurodis.preflight`` runs it before Ray starts and before any compute.
 """
 
 from __future__ import annotations
@@ -28,16 +35,35 @@ from typing import TYPE_CHECKING, Any, Union
 from neurodis.tablespec import TableSpec
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from neurodis.config import AuditSpec
+    from neurodis.data.probe import ProbeRecord
     from neurodis.io.layout import RunLayout
+    from neurodis.models.layers import LayerInfo
     from neurodis.pipeline.step import Step
+    from neurodis.sections import PreprocessConfig
 
 
 Planned = Union["Step", "tuple[Step, ...]"]  # what a method's steps generator yields
 
 
-def _no_check(spec: AuditSpec) -> None:
-    return None
+def _no_check(spec: AuditSpec) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class SpecInputs:
+    """What a spec names, loaded once on the driver by the preflight and handed to each method's
+    ``preflight``: the probe listing, the model with its weights, its eval transform and every auditable
+    module output. ``None`` where loading failed: that problem is already reported, and the checks that
+    need it are left out."""
+
+    spec: AuditSpec
+    records: list[ProbeRecord] | None
+    model: nn.Module | None
+    preprocess: PreprocessConfig | None
+    layers: list[LayerInfo] | None
 
 
 @dataclass(frozen=True)
@@ -59,8 +85,9 @@ class Method:
     namespaces: tuple[str, ...]
     runtime: str
     requires: tuple[str, ...] = ()
-    check: Callable[[AuditSpec], None] = _no_check
+    check: Callable[[AuditSpec], list[str]] = _no_check
     cli: str | None = None
+    preflight: str | None = None
 
     def module(self) -> ModuleType:
         return importlib.import_module(self.runtime)
@@ -72,3 +99,10 @@ class Method:
     def scorer(self) -> Callable[..., dict[str, Any]] | None:
         fn: Callable[..., dict[str, Any]] | None = getattr(self.module(), "score_against_truth", None)
         return fn
+
+    def preflight_problems(self, inputs: SpecInputs) -> list[str]:
+        """The problems the method's ``preflight`` module finds in ``inputs`` (none without one)."""
+        if self.preflight is None:
+            return []
+        problems: list[str] = importlib.import_module(self.preflight).preflight(inputs)
+        return problems

@@ -35,8 +35,14 @@ def test_vgg_all_is_the_activations_and_vit_has_mlp_neurons():
 
 def test_unknown_layer_error_names_closest():
     infos = discover_layers(tiny_cnn(), 32)
-    with pytest.raises(SpecError, match=r"'layer3' \(closest: 'layer2'\)"):
+    with pytest.raises(SpecError, match=r"'layer3' \(close matches: 'layer2'"):
         resolve_layers(infos, ["layer3"])
+    with pytest.raises(SpecError) as err:  # every unknown path is its own problem
+        resolve_layers(infos, ["layer3", "layer1", "stemm"], key="explain.layers")
+    assert [p.split(" (")[0] for p in err.value.problems] == [
+        "explain.layers: unknown module path 'layer3'",
+        "explain.layers: unknown module path 'stemm'",
+    ]
 
 
 def test_hooks_removed_even_on_error():

@@ -14,4 +14,5 @@ METHOD = Method(
     namespaces=("embed", "embed-images"),
     runtime="neurodis.methods.embed.steps",
     requires=("forward",),
+    preflight="neurodis.methods.embed.preflight",
 )

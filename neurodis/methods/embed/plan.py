@@ -118,23 +118,9 @@ def is_open_clip(name: str) -> bool:
 
 def embedder_identity(spec: AuditSpec) -> str:
     """What the embedder's outputs depend on (name + weights), without loading it."""
-    name = spec.embed.embedder
-    if is_open_clip(name):
-        from neurodis.models.clip import resolve_checkpoint
+    from neurodis.models.embedders_registry import check_embedder
 
-        return f"{name}|{resolve_checkpoint(name.split(':', 1)[1], spec.embed.checkpoint)[1]}"
-    from neurodis.models.embedders_registry import EMBEDDERS
-
-    if name not in EMBEDDERS and ":" not in name:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(EMBEDDERS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpecError(
-            f"embed.embedder: unknown embedder {name!r}{hint}; known: {sorted(EMBEDDERS)}, "
-            "'open_clip:<model>' or 'package.module:callable'"
-        )
-    return name
+    return check_embedder(spec.embed.embedder, spec.embed.checkpoint)
 
 
 def default_templates(spec: AuditSpec) -> tuple[str, ...]:
@@ -160,6 +146,18 @@ def label_concepts(records: Sequence[ProbeRecord], supers: dict[str, tuple[str, 
     classes = sorted({r.label for r in records if r.label is not None})
     names = {label_text(c) for c in classes} | {label_text(s) for c in classes for s in supers.get(c, ())}
     return tuple(sorted(names))
+
+
+def calibration_problem(labelled: int, names: int) -> str | None:
+    """Why the embed stage cannot fit its calibration (None when it can), from the number of labelled
+    probe images and of label names (classes and superclasses)."""
+    if labelled and names >= 2:
+        return None
+    return (
+        "embed.calibration: 'fit' needs labelled probe images (class sub-folders or a manifest's label "
+        f"column) and at least two label names ({labelled} labelled images, {names} names); give fixed "
+        "values (embed.calibration: {a: ..., b: ...}) or 'off'"
+    )
 
 
 def wants_calibration(spec: AuditSpec) -> bool:

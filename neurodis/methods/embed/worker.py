@@ -31,6 +31,7 @@ from neurodis.methods.embed.plan import (
     ImageShardTask,
     NullCropTask,
     TextsTask,
+    calibration_problem,
     superclass_map,
 )
 from neurodis.methods.embed.store import (
@@ -372,11 +373,9 @@ def _fit_calibration(
     ids, img = load_image_vectors(plan.layout, plan.embedder)
     label_of = {int(i): lab for i, lab in zip(image_ids.tolist(), labels) if lab is not None}
     rows = [k for k, i in enumerate(ids.tolist()) if i in label_of]
-    if not rows or len(names) < 2:
-        raise SpecError(
-            "embed.calibration: 'fit' needs labelled probe images and at least two label names; "
-            "give fixed values (embed.calibration: {a: ..., b: ...}) or 'off'"
-        )
+    problem = calibration_problem(len(rows), len(names))
+    if problem:
+        raise SpecError(problem)
     rng = np.random.default_rng(seed)
     if len(rows) > max_images:
         rows = sorted(rng.choice(rows, max_images, replace=False).tolist())

@@ -17,4 +17,5 @@ METHOD = Method(
     requires=("forward", "embed"),
     check=check,
     cli="neurodis.methods.le.cli",
+    preflight="neurodis.methods.le.preflight",
 )

@@ -139,12 +139,11 @@ class ExplainConfig:
         return tuple(names + ([self.simulator] if self.simulator else []))
 
 
-def check(spec: AuditSpec) -> None:
-    """Cross-section checks of a spec that runs Linear Explanations."""
+def check(spec: AuditSpec) -> list[str]:
+    """Cross-section problems of a spec that runs Linear Explanations (each names the key and the fix)."""
     if "explain" not in spec.stages or spec.explain.layers == "all" or spec.layers == "all":
-        return
+        return []
     extra = [la for la in spec.explain.layers if la not in spec.layers]
     if extra:
-        raise SpecError(
-            f"explain.layers {extra} are not audited layers {list(spec.layers)}; add them to layers"
-        )
+        return [f"explain.layers {extra} are not audited layers {list(spec.layers)}; add them to layers"]
+    return []

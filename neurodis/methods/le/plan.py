@@ -17,7 +17,7 @@ from torch import nn
 
 from neurodis.config import AuditSpec, PreprocessConfig, stable_hash
 from neurodis.data.concepts import label_text, parse_lines
-from neurodis.data.probe import ProbeRecord, fingerprint, list_probe_set
+from neurodis.data.probe import ProbeRecord, data_key, fingerprint, list_probe_set
 from neurodis.data.sources import synthetic_source
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
@@ -174,14 +174,17 @@ def resolve_classes(
 
 
 def plan_heads(
-    spec: AuditSpec, records: Sequence[ProbeRecord]
+    spec: AuditSpec, records: Sequence[ProbeRecord], model: nn.Module | None = None
 ) -> tuple[PreprocessConfig, list[LayerPlan], tuple[str, ...]]:
-    """(preprocess, explained layers with their fast-path heads, class names)."""
+    """(preprocess, explained layers with their fast-path heads, class names), with the probe labels
+    checked against the model's classes; ``model``: the built model (default: build it)."""
     cfg = spec.explain
-    model = load_model(spec.model)
+    model = load_model(spec.model) if model is None else model
     pre = resolve_preprocess(spec.model, model)
     infos = resolve_layers(
-        discover_layers(model, pre.crop), spec.layers if cfg.layers == "all" else list(cfg.layers)
+        discover_layers(model, pre.crop),
+        spec.layers if cfg.layers == "all" else list(cfg.layers),
+        "layers" if cfg.layers == "all" else "explain.layers",
     )
     needs = cfg.ablation or cfg.top_impact
     classes: tuple[str, ...] = ()
@@ -194,6 +197,7 @@ def plan_heads(
                 "logits; set explain.ablation and explain.top_impact to false for this model"
             )
         classes = resolve_classes(spec, records, int(out.shape[1]), model_classes(model))
+        _check_labels(spec, classes, records)
     layers = []
     for info in infos:
         head = None
@@ -219,14 +223,27 @@ def _forward_hashes(layout: RunLayout, layers: Sequence[str]) -> str:
     return ",".join(sorted({merges[forward.merge_unit(la)].config_hash for la in layers}))
 
 
-def _check_labels(classes: tuple[str, ...], records: Sequence[ProbeRecord]) -> None:
+def _check_labels(spec: AuditSpec, classes: tuple[str, ...], records: Sequence[ProbeRecord]) -> None:
     known = set(classes) | {label_text(c) for c in classes}
     if not any(r.label is not None and (r.label in known or label_text(r.label) in known) for r in records):
+        labels = sorted({r.label for r in records if r.label is not None})
         raise SpecError(
-            "explain: ablation scores and Top Impact need probe images labelled with the model's "
-            f"classes (e.g. {list(classes[:3])}), and none is; fix the labels or explain.classes, or set "
-            "explain.ablation and explain.top_impact to false"
+            f"{data_key(spec.data)}: ablation scores and Top Impact need probe images labelled with the "
+            f"model's classes (e.g. {list(classes[:3])}), and no label is one (labels: {labels[:3]}); fix "
+            "the labels or explain.classes, or set explain.ablation and explain.top_impact to false"
         )
+
+
+def label_names(spec: AuditSpec, records: Sequence[ProbeRecord]) -> tuple[str, ...]:
+    """Every label concept of the probe set (classes, superclasses, annotations); the ``label``
+    explainer needs at least one."""
+    names = tuple(sorted(set().union(*image_concepts(spec, records).values())))
+    if LABEL in spec.explain.explainers and not names:
+        raise SpecError(
+            "explain.explainers: 'label' needs class labels or concept annotations, and this probe set "
+            "has neither; use an embedder explainer or give explain.annotations"
+        )
+    return names
 
 
 def plan_explain(spec: AuditSpec, layout: RunLayout) -> tuple[ExplainPlan, list[ProbeRecord]]:
@@ -235,18 +252,11 @@ def plan_explain(spec: AuditSpec, layout: RunLayout) -> tuple[ExplainPlan, list[
     records = list_probe_set(spec.data)
     fp = fingerprint(records)
     pre, layers, classes = plan_heads(spec, records)
-    if classes:
-        _check_labels(classes, records)
     fwd = _forward_hashes(layout, [lp.path for lp in layers])
-    label_names = tuple(sorted(set().union(*image_concepts(spec, records).values())))
-    if LABEL in cfg.explainers and not label_names:
-        raise SpecError(
-            "explain.explainers: 'label' needs class labels or concept annotations, and this probe set "
-            "has neither; use an embedder explainer or give explain.annotations"
-        )
-    emb = embedder_plans(spec, layout, records, label_names)
+    labels = label_names(spec, records)
+    emb = embedder_plans(spec, layout, records, labels)
     split_hash = stable_hash(SCHEMA_VERSION, fp, cfg.split, cfg.split_seed)
-    sources = {LABEL: stable_hash(fp, label_names, annotations_digest(spec))} | {
+    sources = {LABEL: stable_hash(fp, labels, annotations_digest(spec))} | {
         n: e.config_hash for n, e in emb.items()
     }
     explain_hash = stable_hash(

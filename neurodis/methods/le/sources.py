@@ -294,6 +294,32 @@ def _calibration(spec: AuditSpec, name: str) -> FixedCalibration | str:
     return "fit"
 
 
+def embedder_settings(
+    spec: AuditSpec, name: str, label_concepts: Sequence[str]
+) -> tuple[str | None, FixedCalibration | str]:
+    """(weights, calibration) of one embedder of ``explain``, checked without loading it: the embedder
+    exists, its weights are there, and a fitted calibration has labels to fit on. Errors name the key."""
+    from neurodis.models.embedders_registry import check_embedder
+
+    cfg = spec.explain
+    given = dict(cfg.checkpoints)
+    checkpoint = given.get(name, spec.embed.checkpoint if name == spec.embed.embedder else None)
+    key = "explain.simulator" if name == cfg.simulator else "explain.explainers"
+    ckpt_key = (
+        "embed.checkpoint"
+        if name not in given and name == spec.embed.embedder
+        else f"explain.checkpoints[{name}]"
+    )
+    check_embedder(name, checkpoint, key, ckpt_key)
+    cal = _calibration(spec, name)
+    if cal == "fit" and not label_concepts:
+        raise SpecError(
+            f"explain: embedder {name!r} needs a calibration fitted on labelled probe images, and this "
+            "probe set has no labels; give explain.calibrations: {<name>: {a: ..., b: ...}}"
+        )
+    return checkpoint, cal
+
+
 def embedder_plans(
     spec: AuditSpec, layout: RunLayout, records: Sequence[ProbeRecord], label_concepts: Sequence[str]
 ) -> dict[str, EmbedderPlan]:
@@ -307,15 +333,7 @@ def embedder_plans(
         exposed = set(own) | (
             set(label_concepts) if name == cfg.simulator and LABEL in cfg.explainers else set()
         )
-        checkpoint = dict(cfg.checkpoints).get(
-            name, spec.embed.checkpoint if name == spec.embed.embedder else None
-        )
-        cal = _calibration(spec, name)
-        if cal == "fit" and not label_concepts:
-            raise SpecError(
-                f"explain: embedder {name!r} needs a calibration fitted on labelled probe images, and this "
-                "probe set has no labels; give explain.calibrations: {<name>: {a: ..., b: ...}}"
-            )
+        checkpoint, cal = embedder_settings(spec, name, label_concepts)
         fit_on = tuple(sorted(label_concepts)) if cal == "fit" else ()
         sub = dataclasses.replace(
             spec.embed,

@@ -75,15 +75,17 @@ class PsiConfig:
             )
 
 
-def check(spec: AuditSpec) -> None:
-    """Cross-section checks of a spec that runs PSI."""
+def check(spec: AuditSpec) -> list[str]:
+    """Cross-section problems of a spec that runs PSI (each names the key and the fix)."""
     if "psi" not in spec.stages:
-        return
+        return []
+    problems = []
     if spec.psi.top_k > spec.forward.top_k:
-        raise SpecError(
+        problems.append(
             f"psi.top_k={spec.psi.top_k} is larger than forward.top_k={spec.forward.top_k}: the references "
             "hold only forward.top_k sites per neuron; raise forward.top_k or lower psi.top_k"
         )
     missing = [t for t in ("patches", "texts") if t not in spec.embed.targets]
     if missing:
-        raise SpecError(f"embed.targets lacks {missing}: PSI needs patch and concept embeddings; add them")
+        problems.append(f"embed.targets lacks {missing}: PSI needs patch and concept embeddings; add them")
+    return problems

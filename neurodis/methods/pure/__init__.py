@@ -16,4 +16,5 @@ METHOD = Method(
     requires=("forward",),
     check=check,
     cli="neurodis.methods.pure.cli",
+    preflight="neurodis.methods.pure.preflight",
 )

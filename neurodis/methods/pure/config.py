@@ -104,10 +104,11 @@ class PureConfig:
         return dict(self.lower_layers)
 
 
-def check(spec: AuditSpec) -> None:
-    """Cross-section checks of a spec that runs PURE."""
+def check(spec: AuditSpec) -> list[str]:
+    """Cross-section problems of a spec that runs PURE (each names the key and the fix)."""
     if "pure" in spec.stages and spec.pure.n_ref > spec.forward.top_k:  # PURE reads forward's references
-        raise SpecError(
+        return [
             f"pure.n_ref={spec.pure.n_ref} is larger than forward.top_k={spec.forward.top_k}: the "
             "references hold only forward.top_k images per neuron; raise forward.top_k or lower pure.n_ref"
-        )
+        ]
+    return []
