@@ -59,6 +59,15 @@ def vector_column(rows: np.ndarray, dtype: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1), type=dtype))
 
 
+def ragged_column(rows: list[np.ndarray], dtype: pa.DataType) -> pa.Array:
+    """A list column of 1-d vectors whose lengths may differ from row to row (e.g. attributions over
+    lower layers of different widths)."""
+    lengths = np.fromiter((len(r) for r in rows), np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(rows) if rows else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=dtype))
+
+
 def example_input(pre: PreprocessConfig, device: torch.device) -> torch.Tensor:
     """A seeded random input batch used once to verify a sub-network chain."""
     g = torch.Generator().manual_seed(0)
