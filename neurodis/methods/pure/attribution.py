@@ -268,8 +268,8 @@ class PureWorker:
     def heatmaps(
         self, lp: PureLayer, xr: torch.Tensor, ch: torch.Tensor, sites: torch.Tensor
     ) -> torch.Tensor:
-        """LRP input heatmaps ``[R, H, W]`` of each row's neuron at its max site."""
-        return heatmap_rows(self.model, lp.path, self.cfg.heatmap_composite, xr, ch, sites)
+        """Input heatmaps ``[R, H, W]`` of each row's neuron at its max site (``plan.heatmap``)."""
+        return heatmap_rows(self.model, lp.path, self.plan.heatmap, xr, ch, sites)
 
     def add_crops(
         self,
