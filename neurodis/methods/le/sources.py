@@ -295,11 +295,17 @@ def _calibration(spec: AuditSpec, name: str) -> FixedCalibration | str:
 
 
 def embedder_plans(
-    spec: AuditSpec, layout: RunLayout, records: Sequence[ProbeRecord], label_concepts: Sequence[str]
+    spec: AuditSpec,
+    layout: RunLayout,
+    records: Sequence[ProbeRecord],
+    label_concepts: Sequence[str],
+    fit_concepts: Sequence[str] | None = None,
 ) -> dict[str, EmbedderPlan]:
     """One auxiliary embed plan per embedder of ``explain`` (explainers, simulator). Its concept texts:
-    the explainer's concept set, or for the simulator every concept an explanation can name; plus, for a
-    fitted calibration, the label concepts (class, superclass, annotations) it is fitted against."""
+    the explainer's concept set, or for the simulator every concept an explanation can name (the label
+    explainer's ``label_concepts`` among them); plus, for a fitted calibration, the given label concepts
+    (class, superclass, annotations: ``fit_concepts``, default ``label_concepts``) it is fitted against."""
+    fit_concepts = label_concepts if fit_concepts is None else fit_concepts
     cfg = spec.explain
     _, own = explainer_concepts(spec) if any(e != LABEL for e in cfg.explainers) else ("", ())
     out: dict[str, EmbedderPlan] = {}
@@ -311,12 +317,12 @@ def embedder_plans(
             name, spec.embed.checkpoint if name == spec.embed.embedder else None
         )
         cal = _calibration(spec, name)
-        if cal == "fit" and not label_concepts:
+        if cal == "fit" and not fit_concepts:
             raise SpecError(
                 f"explain: embedder {name!r} needs a calibration fitted on labelled probe images, and this "
                 "probe set has no labels; give explain.calibrations: {<name>: {a: ..., b: ...}}"
             )
-        fit_on = tuple(sorted(label_concepts)) if cal == "fit" else ()
+        fit_on = tuple(sorted(fit_concepts)) if cal == "fit" else ()
         sub = dataclasses.replace(
             spec.embed,
             embedder=name,
