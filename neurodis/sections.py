@@ -18,6 +18,7 @@ from typing import Any, Literal
 from neurodis.types import SpecError
 
 DataKind = Literal["imagefolder", "manifest", "synthetic"]
+ProbeLabels = Literal["given", "predicted"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -86,7 +87,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """The probe set. ``imagefolder``: class sub-folders give labels; ``manifest``: CSV/Parquet with
-    ``path`` and optional ``label`` columns; ``synthetic``: the testbed world rendered on the fly."""
+    ``path`` and optional ``label`` columns; ``synthetic``: the testbed world rendered on the fly.
+    ``labels``: the class each image counts as for the label-aligned scores (LE's label explainer,
+    ablation and Top Impact; PSI's Q): ``given`` (the labels above) or ``predicted`` (the audited
+    model's own top class, which the forward stage stores)."""
 
     kind: DataKind
     root: str | None = None
@@ -95,6 +99,7 @@ class DataConfig:
     image_size: int = 64
     seed: int = 0
     limit: int | None = None
+    labels: ProbeLabels = "given"
 
     def __post_init__(self) -> None:
         if self.kind == "imagefolder" and not self.root:

@@ -19,7 +19,7 @@ EXAMPLE = textwrap.dedent("""
       arch: resnet18                 # a torchvision model name, or "package.module:callable"
       checkpoint: weights/resnet18.pt  # optional state_dict, loaded with torch.load(weights_only=True)
       input_size: 224
-      preprocess: {resize: 224, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}  # optional
+      preprocess: {resize: 224, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
     data:
       kind: imagefolder              # imagefolder | manifest (CSV/Parquet of path,label) | synthetic
       root: data/probe

@@ -12,7 +12,8 @@ LRP-0 started from ``A_c**2``. With an LRP composite registered on the sub-netwo
 ``A'`` *is* the relevance, so it is summed over space without the multiplication.
 
 Layouts: ``[R, C, H, W]`` (conv maps), ``[R, C]`` (vectors) and ``[R, T, C]`` (tokens) are handled
-through a channel-first view ``[R, C, S]``.
+through a channel-first view ``[R, C, S]``; a token layer's sites are its patch tokens (the class token,
+when there is one, is never seeded).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+
+from neurodis.kernels.summaries import token_grid
 
 Start = Literal["all", "argmax"]
 
@@ -53,12 +56,17 @@ def seeds(
 ) -> torch.Tensor:
     """Gradient seeds for the rows of ``out`` (``L``'s output, detached): zero except row ``r``'s own
     channel ``channels[r]``, which gets ``relu(out)`` on every site (``start="all"``) or only at its
-    argmax site. ``sites`` (``[R]`` flat site indices into the channel-first view) overrides the argmax."""
+    argmax site. ``sites`` (``[R]`` flat site indices into the channel-first view) overrides the argmax.
+    The sites of a token layer ``[R, T, C]`` are its patch tokens (as in the forward stage's max and
+    argmax): a class-token prefix gets no seed."""
     cf = channel_first(out.detach())
     rows = torch.arange(cf.shape[0], device=cf.device)
     own = cf[rows, channels].clamp(min=0)  # [R, S]
+    prefix = token_grid(out.shape[1])[0] if out.dim() == 3 else 0
+    if prefix:  # token layers: the map is the patch-token grid; the class token is no site
+        own[:, :prefix] = 0.0
     if start == "argmax":
-        idx = sites if sites is not None else cf[rows, channels].argmax(dim=1)
+        idx = sites if sites is not None else cf[rows, channels][:, prefix:].argmax(dim=1) + prefix
         keep = torch.zeros_like(own)
         keep[rows, idx] = 1.0
         own = own * keep
@@ -115,13 +123,15 @@ def input_relevance(
     x: torch.Tensor,
     channels: torch.Tensor,
     sites: torch.Tensor,
+    multiply_by_input: bool = False,
 ) -> torch.Tensor:
     """Input heatmaps ``[R, H, W]`` explaining each row's neuron at one site (its max): seed = the
     (ReLU'd) activation at ``sites[r]`` of channel ``channels[r]``, backward to the input, summed over
-    colour channels. Run inside an LRP composite for LRP heatmaps; ``x`` rows are one per pair."""
+    colour channels. Run inside an LRP composite for LRP heatmaps (the gradient is the relevance), or
+    with ``multiply_by_input`` for gradient x input; ``x`` rows are one per pair."""
     xi = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = forward_to_layer(xi)
         g = seeds(out, channels.to(out.device), "argmax", sites.to(out.device))
         (grad,) = torch.autograd.grad(out, xi, grad_outputs=g)
-    return grad.sum(dim=1)
+    return (grad * xi.detach() if multiply_by_input else grad).sum(dim=1)

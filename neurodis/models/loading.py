@@ -140,6 +140,20 @@ def load_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
+def torchvision_categories(arch: str) -> tuple[str, ...] | None:
+    """The class name of each output of a torchvision architecture (its weights' metadata; the weights
+    themselves are not needed), or None (builders, models without class metadata)."""
+    if ":" in arch:
+        return None
+    try:
+        import torchvision
+
+        cats = next(iter(torchvision.models.get_model_weights(arch))).meta.get("categories")
+    except (ValueError, StopIteration, AttributeError, KeyError):
+        return None
+    return tuple(str(c) for c in cats) if cats else None
+
+
 def resolve_preprocess(cfg: ModelConfig, model: nn.Module | None = None) -> PreprocessConfig:
     """Spec preprocess if given; else the builder's ``preprocess_config`` attribute; else the
     torchvision architecture's standard eval transform; else resize=crop=input_size, ImageNet stats."""

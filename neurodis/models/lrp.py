@@ -7,6 +7,9 @@ sub-network (there ``EpsilonPlus`` is used). zennit's ``ResNetCanonizer`` matche
 ``BasicBlock``/``Bottleneck`` only; other nets get ``SequentialMergeBatchNorm`` (which is a no-op
 without batch norms). Residual sums written as ``a + b`` in a ``forward`` are invisible to zennit: such
 nets do not conserve relevance; write the sum as ``zennit.layer.Sum`` (as the testbed does).
+zennit has no rule for attention (``nn.MultiheadAttention`` computes its projections and the softmax
+mixing functionally): :func:`unsupported_module` finds such modules, so callers refuse an LRP composite
+on a transformer instead of returning numbers that are neither LRP nor a gradient.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ from typing import Any
 from torch import nn
 
 COMPOSITES = ("epsilon_plus", "epsilon_plus_flat")
+_NO_RULE = (nn.MultiheadAttention,)
+
+
+def unsupported_module(module: nn.Module) -> str | None:
+    """The path of the first module inside ``module`` that zennit has no LRP rule for (attention), or
+    ``None``."""
+    for path, m in module.named_modules():
+        if isinstance(m, _NO_RULE):
+            return path or type(m).__name__
+    return None
 
 
 def canonizers_for(module: nn.Module) -> list[Any]:

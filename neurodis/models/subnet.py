@@ -248,7 +248,29 @@ class SubNetwork:
 def default_lower_layer(infos: Sequence[LayerInfo], layer: str) -> str | None:
     """The block output just below ``layer``: its previous sibling with a channel output (in execution
     order), else its parent's, and so on (``layer4`` -> ``layer3``; ``layer4.1`` -> ``layer4.0``;
-    ``layer4.0`` -> ``layer3``). ``None`` when nothing is below."""
+    ``layer4.0`` -> ``layer3``). ``None`` when nothing is below.
+
+    A ``layers: all`` layer inside a ``layers: all`` block (a ViT's MLP activation inside its encoder
+    block) maps to the same module of the previous block
+    (``encoder_layer_11.mlp.1`` -> ``encoder_layer_10.mlp.1``: the previous block's MLP neurons); in the
+    first block, to what lies below the block (``encoder_layer_0.mlp.1`` -> ``encoder.dropout``, the
+    embedded tokens)."""
+    by_path = {i.path: i for i in infos}
+    if layer in by_path and by_path[layer].default:
+        blocks = [i.path for i in infos if i.default and layer.startswith(i.path + ".")]
+        if blocks:
+            block = max(blocks, key=len)
+            suffix = layer[len(block) :]
+            parent = block.rpartition(".")[0]
+            depth = block.count(".")
+            earlier = [
+                i.path
+                for i in infos[: [i.path for i in infos].index(block)]
+                if i.default and i.path.count(".") == depth and i.path.rpartition(".")[0] == parent
+            ]
+            if earlier and earlier[-1] + suffix in by_path:
+                return earlier[-1] + suffix
+            return default_lower_layer(infos, block)
     order = [i.path for i in infos]
     path = layer
     while path:

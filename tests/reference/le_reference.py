@@ -86,10 +86,14 @@ def patched_logits(
     model: torch.nn.Module, x: torch.Tensor, layer: str, channel: int, value: torch.Tensor | None
 ) -> torch.Tensor:
     """Logits with channel ``channel`` of ``layer``'s output replaced by ``value[b]`` everywhere in
-    image ``b``'s map (``None`` = unpatched). One image batch, one neuron, a plain forward hook."""
+    image ``b``'s map, or on every token of a token layer (``None`` = unpatched). One image batch, one
+    neuron, a plain forward hook."""
 
     def hook(_m, _i, out):
         out = out.clone()
+        if out.dim() == 3:  # tokens [B, T, C]: the channel on every token
+            out[:, :, channel] = value.to(out.dtype)[:, None].expand_as(out[:, :, channel])
+            return out
         shape = (-1,) + (1,) * (out.dim() - 2)
         out[:, channel] = value.to(out.dtype).reshape(shape).expand_as(out[:, channel])
         return out

@@ -6,6 +6,9 @@ taken with ``torch.autograd.grad``:
 
 * start ``all``:    objective = 0.5 * sum over sites of relu(A_c)^2   (its gradient seeds relu(A_c))
 * start ``argmax``: objective = 0.5 * relu(A_c[site])^2 at the first maximal site
+
+For token layers (``[1, T, C]``, ViTs) :func:`token_attribution` does the same with the patch tokens as
+the sites (the class token is not one) and sums the lower layer's contributions over all its tokens.
 """
 
 from __future__ import annotations
@@ -46,6 +49,22 @@ def attribution(
     contrib = (g * a_low)[0]
     vec = contrib.sum(dim=tuple(range(1, contrib.dim()))) if contrib.dim() > 1 else contrib
     vec = vec.detach().double().numpy()
+    l1 = np.abs(vec).sum()
+    return vec / l1 if l1 > 0 else vec
+
+
+def token_attribution(
+    model: torch.nn.Module, image: torch.Tensor, lower: str, layer: str, channel: int, prefix: int = 1
+) -> np.ndarray:
+    """:func:`attribution` (start ``all``) of a token-layer neuron: objective = 0.5 * sum over the patch
+    tokens (after ``prefix`` class tokens) of relu(A[t, channel])^2; gradient x activation at the lower
+    layer's tokens ``[T, C']``, summed over tokens, L1-normalised."""
+    x = image[None].clone().requires_grad_(True)
+    with torch.enable_grad():
+        a_low, out = _outputs_with_grad(model, x, lower, layer)
+        objective = 0.5 * (out[0, prefix:, channel].clamp(min=0) ** 2).sum()
+        (g,) = torch.autograd.grad(objective, a_low)
+    vec = (g * a_low)[0].sum(dim=0).detach().double().numpy()
     l1 = np.abs(vec).sum()
     return vec / l1 if l1 > 0 else vec
 

@@ -23,7 +23,7 @@ class LayerGeometry:
     receptive_field: tuple[int, int]
     origin: tuple[float, float]  # centre of site (0, 0) in model-input pixels
     crop: int  # patch side in model-input pixels
-    whole_image: bool
+    whole_image: bool  # every site's patch is the whole image (vector outputs)
 
 
 def site_box(

@@ -180,7 +180,9 @@ def _forward_hash(layout: RunLayout, layers: Sequence[str]) -> str:
 
 
 def plan_geometry(spec: AuditSpec) -> tuple[PreprocessConfig, tuple[LayerGeometry, ...]]:
-    """Audited layers with their receptive fields (a gradient probe on the model) and patch side."""
+    """Audited layers with their receptive fields (a gradient probe on the model) and patch side:
+    ``psi.crop_size``, else the receptive field of a conv site, or the token's own patch (the token
+    grid's stride: 16 px on ViT-B/16) for a token layer. Only vector layers get whole-image patches."""
     from neurodis.models.layers import discover_layers, resolve_layers
     from neurodis.models.loading import load_model, resolve_preprocess
     from neurodis.models.receptive_field import receptive_fields
@@ -192,7 +194,10 @@ def plan_geometry(spec: AuditSpec) -> tuple[PreprocessConfig, tuple[LayerGeometr
     out = []
     for info in infos:
         rf = fields[info.path]
-        side = spec.psi.crop_size or max(rf.size)
+        # a token's patch is the square of input pixels it embeds (the token grid's stride), though
+        # attention lets it see the whole image; conv sites get their receptive field
+        tokens = info.module_type == "tokens"
+        side = spec.psi.crop_size or (max(rf.stride) if tokens else max(rf.size))
         out.append(
             LayerGeometry(
                 info.path,
@@ -202,7 +207,7 @@ def plan_geometry(spec: AuditSpec) -> tuple[PreprocessConfig, tuple[LayerGeometr
                 rf.size,
                 rf.origin,
                 int(side),
-                rf.whole_image,
+                rf.whole_image and not tokens,
             )
         )
     return pre, tuple(out)

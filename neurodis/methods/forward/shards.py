@@ -1,13 +1,16 @@
 """Forward stage work: one hooked pass over the probe set.
 
 Per shard of images (a GPU actor holds the model): per layer and image the channel summaries
-(``activations``), the shard's own top-K per neuron (``_topk_partials``) and the ``rejects``.
+(``activations``), the shard's own top-K per neuron (``_topk_partials``) and the ``rejects``; with
+``data.labels: predicted`` also each image's top class (``predictions``, the argmax of the logits of
+the same forward pass).
 Per layer (a CPU task): the associative merge of all shards' partials into ``references`` and
 ``neurons``. The driver only plans and collects small metadata.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
@@ -26,13 +29,23 @@ from neurodis.data.probe import BadImageError, ProbeRecord, decode, fingerprint,
 from neurodis.data.transforms import preprocess
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
+from neurodis.io.tables import read_table
 from neurodis.kernels.summaries import Summary, summarize
 from neurodis.kernels.topk import TopK, empty_top_k, merge_top_k, top_k
-from neurodis.methods.forward.tables import ACTIVATIONS, IMAGES, NEURONS, REFERENCES, REJECTS, TOPK_PARTIALS
+from neurodis.methods.forward.tables import (
+    ACTIVATIONS,
+    IMAGES,
+    NEURONS,
+    PREDICTIONS,
+    REFERENCES,
+    REJECTS,
+    TOPK_PARTIALS,
+)
 from neurodis.models.layers import LayerInfo, discover_layers, hooked, resolve_layers
 from neurodis.models.loading import load_model, resolve_preprocess
 from neurodis.pipeline.step import UnitOutput, error_text, run_unit
 from neurodis.tablespec import SCHEMA_VERSION
+from neurodis.types import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +124,38 @@ def _token_reduce(layers: Sequence[LayerInfo], all_layers: Sequence[LayerInfo], 
     return out
 
 
+def predicts(spec: AuditSpec) -> bool:
+    """Whether the forward stage stores each image's predicted class (``data.labels: predicted``)."""
+    return spec.data.labels == "predicted"
+
+
+def _check_classifier(model: nn.Module, size: int) -> None:
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, size, size))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError(
+            f"data.labels: predicted needs a classifier returning [batch, classes] logits, and the model "
+            f"returns {shape}; use data.labels: given"
+        )
+
+
+def _data_part(spec: AuditSpec) -> dict[str, Any]:
+    """The data section as hashed: ``labels`` only when predicted, so specs without it keep their hash."""
+    data = dataclasses.asdict(spec.data)
+    if not predicts(spec):
+        del data["labels"]
+    return data
+
+
 def plan_forward(spec: AuditSpec, layout: RunLayout) -> tuple[ForwardPlan, list[ProbeRecord]]:
     """Validate layers against the model, list the probe set, hash the config. No image is read."""
     model = load_model(spec.model)
     pre = resolve_preprocess(spec.model, model)
     infos = discover_layers(model, pre.crop)
     chosen = resolve_layers(infos, spec.layers)
+    if predicts(spec):
+        _check_classifier(model, pre.crop)
     reduce = _token_reduce(chosen, infos, spec.forward.token_reduce)
     records = list_probe_set(spec.data)
     layers = tuple(LayerPlan(i.path, i.channels, reduce[i.path]) for i in chosen)
@@ -125,7 +164,7 @@ def plan_forward(spec: AuditSpec, layout: RunLayout) -> tuple[ForwardPlan, list[
         spec.model,
         weights_hash(model),
         pre,
-        spec.data,
+        _data_part(spec),
         fingerprint(records),
         [asdict(lp) for lp in layers],
         spec.forward.top_k,
@@ -238,12 +277,15 @@ class ForwardWorker:
 
     def summarize_shard(
         self, records: Sequence[ProbeRecord]
-    ) -> tuple[np.ndarray, dict[str, ShardSummary], list]:
-        """(image ids, per-layer summaries as numpy ``[N, C]``, rejects) for a list of records."""
+    ) -> tuple[np.ndarray, dict[str, ShardSummary], list, np.ndarray | None]:
+        """(image ids, per-layer summaries as numpy ``[N, C]``, rejects, each image's predicted class or
+        None when ``data.labels`` is not ``predicted``) for a list of records."""
         rejects: list[tuple[int, str, str]] = []
         parts: dict[str, list[list[np.ndarray]]] = {p: [] for p in self.layers}
         ids_all: list[int] = []
+        preds: list[np.ndarray] = []
         current: dict[str, Summary] = {}
+        predict = predicts(self.plan.spec)
 
         def grab(path: str, out: torch.Tensor) -> None:
             current[path] = summarize(out, self.reduce[path])  # type: ignore[arg-type]
@@ -251,7 +293,9 @@ class ForwardWorker:
         with hooked(self.model, self.layers, grab), torch.inference_mode():
             for ids, x in self._batches(records, rejects):
                 current.clear()
-                self.model(x.to(self.device, non_blocking=True))
+                logits = self.model(x.to(self.device, non_blocking=True))
+                if predict:
+                    preds.append(logits.argmax(dim=1).to(torch.int32).cpu().numpy())
                 for p in self.layers:
                     parts[p].append([t.cpu().numpy() for t in current[p]])
                 ids_all.extend(ids)
@@ -259,7 +303,8 @@ class ForwardWorker:
         for p in self.layers:
             if parts[p]:
                 summaries[p] = ShardSummary(*(np.concatenate([b[j] for b in parts[p]]) for j in range(4)))
-        return np.asarray(ids_all, np.int64), summaries, rejects
+        predicted = (np.concatenate(preds) if preds else np.zeros(0, np.int32)) if predict else None
+        return np.asarray(ids_all, np.int64), summaries, rejects, predicted
 
     def run_shard(self, task: ShardTask) -> dict[str, Any]:
         return run_unit(
@@ -267,8 +312,13 @@ class ForwardWorker:
         )
 
     def _shard_output(self, task: ShardTask) -> UnitOutput:
-        ids, summaries, rejects = self.summarize_shard(task.records)
+        ids, summaries, rejects, predicted = self.summarize_shard(task.records)
         tables = self._shard_tables(task.shard, ids, summaries, rejects)
+        if predicted is not None:
+            tables["predictions"] = pa.table(
+                {"image_id": pa.array(ids), "predicted": pa.array(predicted, pa.int32())},
+                schema=PREDICTIONS.schema,
+            )
         counts = {"images": int(len(ids)), "rejects": len(rejects)}
         return UnitOutput(tables, counts, counts)
 
@@ -388,3 +438,10 @@ def _merge(plan: ForwardPlan, layer: LayerPlan) -> UnitOutput:
         {"images": count, "dead": n_dead, "k": kk},
         {"images": count, "dead": n_dead},
     )
+
+
+def predicted_classes(layout: RunLayout) -> dict[int, int]:
+    """image id -> the model's predicted class index, from the committed ``predictions`` table (written
+    with ``data.labels: predicted``; rejected images have none)."""
+    t = read_table(layout, "predictions", columns=["image_id", "predicted"])
+    return dict(zip(t["image_id"].to_pylist(), t["predicted"].to_pylist()))

@@ -79,6 +79,17 @@ REJECTS = table_spec(
     ],
 )
 
+PREDICTIONS = table_spec(
+    "predictions",
+    "forward",
+    ("image_id",),
+    "The audited model's top class per probe image; written only with data.labels: predicted.",
+    [
+        ("image_id", pa.int64(), "image id"),
+        ("predicted", pa.int32(), "index of the model's largest output (the first one on ties)"),
+    ],
+)
+
 # Per-shard partial top-K, merged into `references`; internal but readable like any table.
 TOPK_PARTIALS = table_spec(
     "_topk_partials",
@@ -99,4 +110,4 @@ TOPK_PARTIALS = table_spec(
     ],
 )
 
-TABLES = (IMAGES, ACTIVATIONS, REFERENCES, NEURONS, REJECTS, TOPK_PARTIALS)
+TABLES = (IMAGES, ACTIVATIONS, REFERENCES, NEURONS, REJECTS, PREDICTIONS, TOPK_PARTIALS)

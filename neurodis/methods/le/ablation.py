@@ -43,6 +43,7 @@ from neurodis.kernels.ablation import (
     rank1_logits,
     top_impact,
 )
+from neurodis.methods.forward.shards import predicted_classes, predicts
 from neurodis.methods.le.explanations import (
     device_of,
     load_activations,
@@ -452,12 +453,15 @@ class LayerInputs:
 def layer_inputs(plan: ExplainPlan, layer: str) -> LayerInputs:
     ids, q = load_activations(plan.layout, layer)
     split = load_split(plan.layout)
-    index = {c: i for i, c in enumerate(plan.classes)}
-    index.update({label_text(c): i for i, c in enumerate(plan.classes) if label_text(c) not in index})
-    lab = {
-        r.image_id: index.get(r.label, index.get(label_text(r.label), -1)) if r.label is not None else -1
-        for r in probe_records(plan.layout)
-    }
+    if predicts(plan.spec):  # data.labels: predicted: the model's own class index
+        lab = predicted_classes(plan.layout)
+    else:
+        index = {c: i for i, c in enumerate(plan.classes)}
+        index.update({label_text(c): i for i, c in enumerate(plan.classes) if label_text(c) not in index})
+        lab = {
+            r.image_id: index.get(r.label, index.get(label_text(r.label), -1)) if r.label is not None else -1
+            for r in probe_records(plan.layout)
+        }
     labels = np.array([lab.get(i, -1) for i in ids.tolist()], np.int64)
     keep = labels >= 0
     return LayerInputs(

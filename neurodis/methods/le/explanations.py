@@ -33,7 +33,7 @@ from neurodis.kernels.elastic_net import elastic_net
 from neurodis.kernels.greedy import GreedyParams, GreedyResult, concept_order, greedy_search
 from neurodis.kernels.moments import MomentAccumulator, Moments
 from neurodis.methods.embed.store import stack_vectors
-from neurodis.methods.le.plan import STAGE, ExplainPlan
+from neurodis.methods.le.plan import STAGE, ExplainPlan, label_records
 from neurodis.methods.le.sources import (
     LABEL,
     ConceptSource,
@@ -117,7 +117,8 @@ def probe_records(layout: RunLayout) -> list[ProbeRecord]:
 
 def load_source(plan: ExplainPlan, explainer: str, device: str = "cpu") -> ConceptSource:
     if explainer == LABEL:
-        return LabelSource(image_concepts(plan.spec, probe_records(plan.layout)))
+        records = label_records(plan.spec, plan.layout, probe_records(plan.layout), plan.classes)
+        return LabelSource(image_concepts(plan.spec, records))
     e = plan.embedder(explainer)
     return load_embedder_source(e.aux_dir, explainer, device, e.exposed)
 

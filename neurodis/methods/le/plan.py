@@ -5,6 +5,7 @@ auxiliary embedding runs; the config hashes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from neurodis.data.sources import synthetic_source
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
 from neurodis.methods.forward import shards as forward
+from neurodis.methods.forward.shards import predicted_classes, predicts
 from neurodis.methods.le.sources import (
     LABEL,
     EmbedderPlan,
@@ -30,7 +32,7 @@ from neurodis.methods.le.sources import (
     image_concepts,
 )
 from neurodis.models.layers import discover_layers, hooked, resolve_layers
-from neurodis.models.loading import load_model, resolve_preprocess
+from neurodis.models.loading import load_model, resolve_preprocess, torchvision_categories
 from neurodis.tablespec import SCHEMA_VERSION
 from neurodis.types import SpecError
 
@@ -145,7 +147,9 @@ def resolve_classes(
 ) -> tuple[str, ...]:
     """Class name of each model output: ``explain.classes`` (a text file, one per line, in output order),
     else the names the model declares, else the testbed world's order for synthetic data, else the sorted
-    probe labels (the ImageFolder convention)."""
+    probe labels (the ImageFolder convention). With ``data.labels: predicted`` the probe labels say
+    nothing about the model's outputs: a torchvision architecture's category names take their place,
+    and without any of these the class names are an error."""
     if spec.explain.classes:
         p = Path(spec.explain.classes).expanduser()
         if not p.is_file():
@@ -158,6 +162,15 @@ def resolve_classes(
         classes, source = declared, "the model's declared class names"
     elif spec.data.kind == "synthetic":
         classes, source = tuple(synthetic_source().class_names()), "the testbed world"
+    elif predicts(spec):
+        named = torchvision_categories(spec.model.arch)
+        if named is None:
+            raise SpecError(
+                "data.labels: predicted labels each probe image with the model's top class, and the "
+                f"class names of model.arch {spec.model.arch!r} are unknown; give explain.classes: a file "
+                "naming each output's class in order"
+            )
+        classes, source = named, "torchvision's weights metadata"
     else:
         classes, source = (
             tuple(sorted({r.label for r in records if r.label is not None})),
@@ -188,7 +201,7 @@ def plan_heads(
     )
     needs = cfg.ablation or cfg.top_impact
     classes: tuple[str, ...] = ()
-    if needs:
+    if needs or (predicts(spec) and LABEL in cfg.explainers):  # predicted labels are named by class
         with torch.no_grad():
             out = model(torch.zeros(1, 3, pre.crop, pre.crop))
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -197,7 +210,8 @@ def plan_heads(
                 "logits; set explain.ablation and explain.top_impact to false for this model"
             )
         classes = resolve_classes(spec, records, int(out.shape[1]), model_classes(model))
-        _check_labels(spec, classes, records)
+        if not predicts(spec):
+            _check_labels(spec, classes, records)
     layers = []
     for info in infos:
         head = None
@@ -234,16 +248,36 @@ def _check_labels(spec: AuditSpec, classes: tuple[str, ...], records: Sequence[P
         )
 
 
+def given_concepts(spec: AuditSpec, records: Sequence[ProbeRecord]) -> tuple[str, ...]:
+    """The label concepts of the records' own labels and annotations (classes, superclasses)."""
+    return tuple(sorted(set().union(*image_concepts(spec, records).values())))
+
+
 def label_names(spec: AuditSpec, records: Sequence[ProbeRecord]) -> tuple[str, ...]:
     """Every label concept of the probe set (classes, superclasses, annotations); the ``label``
     explainer needs at least one."""
-    names = tuple(sorted(set().union(*image_concepts(spec, records).values())))
+    names = given_concepts(spec, records)
     if LABEL in spec.explain.explainers and not names:
         raise SpecError(
             "explain.explainers: 'label' needs class labels or concept annotations, and this probe set "
             "has neither; use an embedder explainer or give explain.annotations"
         )
     return names
+
+
+def label_records(
+    spec: AuditSpec, layout: RunLayout, records: Sequence[ProbeRecord], classes: Sequence[str]
+) -> list[ProbeRecord]:
+    """The probe records with the labels the label explainer, the ablation scores and Top Impact use: as
+    given, or with ``data.labels: predicted`` each image's predicted class name (the forward stage's
+    ``predictions``; a rejected image has none)."""
+    if not predicts(spec):
+        return list(records)
+    pred = predicted_classes(layout)
+    return [
+        dataclasses.replace(r, label=classes[pred[r.image_id]] if r.image_id in pred else None)
+        for r in records
+    ]
 
 
 def plan_explain(spec: AuditSpec, layout: RunLayout) -> tuple[ExplainPlan, list[ProbeRecord]]:
@@ -253,8 +287,12 @@ def plan_explain(spec: AuditSpec, layout: RunLayout) -> tuple[ExplainPlan, list[
     fp = fingerprint(records)
     pre, layers, classes = plan_heads(spec, records)
     fwd = _forward_hashes(layout, [lp.path for lp in layers])
-    labels = label_names(spec, records)
-    emb = embedder_plans(spec, layout, records, labels)
+    if predicts(spec):  # the label explainer names each image's predicted class
+        given = given_concepts(spec, records)
+        labels = label_names(spec, label_records(spec, layout, records, classes))
+    else:
+        labels = given = label_names(spec, records)
+    emb = embedder_plans(spec, layout, records, labels, given)
     split_hash = stable_hash(SCHEMA_VERSION, fp, cfg.split, cfg.split_seed)
     sources = {LABEL: stable_hash(fp, labels, annotations_digest(spec))} | {
         n: e.config_hash for n, e in emb.items()

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import functools
 
-from neurodis.methods.le.plan import label_names, plan_heads
+from neurodis.methods.forward.shards import predicts
+from neurodis.methods.le.plan import given_concepts, label_names, plan_heads
 from neurodis.methods.le.sources import LABEL, embedder_settings, explainer_concepts
 from neurodis.pipeline.method import SpecInputs
 from neurodis.types import gather
@@ -21,7 +22,10 @@ def preflight(inputs: SpecInputs) -> list[str]:
     records, model = inputs.records, inputs.model
     if records is None:
         return problems
-    labels = gather(problems, lambda: label_names(spec, records))
+    if predicts(spec):  # the label explainer's names come from the forward stage's predictions
+        labels: tuple[str, ...] | None = given_concepts(spec, records)
+    else:
+        labels = gather(problems, lambda: label_names(spec, records))
     for name in cfg.embedders:
         gather(problems, functools.partial(embedder_settings, spec, name, labels or ()))
     if model is not None:

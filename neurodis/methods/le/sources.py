@@ -321,11 +321,17 @@ def embedder_settings(
 
 
 def embedder_plans(
-    spec: AuditSpec, layout: RunLayout, records: Sequence[ProbeRecord], label_concepts: Sequence[str]
+    spec: AuditSpec,
+    layout: RunLayout,
+    records: Sequence[ProbeRecord],
+    label_concepts: Sequence[str],
+    fit_concepts: Sequence[str] | None = None,
 ) -> dict[str, EmbedderPlan]:
     """One auxiliary embed plan per embedder of ``explain`` (explainers, simulator). Its concept texts:
-    the explainer's concept set, or for the simulator every concept an explanation can name; plus, for a
-    fitted calibration, the label concepts (class, superclass, annotations) it is fitted against."""
+    the explainer's concept set, or for the simulator every concept an explanation can name (the label
+    explainer's ``label_concepts`` among them); plus, for a fitted calibration, the given label concepts
+    (class, superclass, annotations: ``fit_concepts``, default ``label_concepts``) it is fitted against."""
+    fit_concepts = label_concepts if fit_concepts is None else fit_concepts
     cfg = spec.explain
     _, own = explainer_concepts(spec) if any(e != LABEL for e in cfg.explainers) else ("", ())
     out: dict[str, EmbedderPlan] = {}
@@ -333,8 +339,8 @@ def embedder_plans(
         exposed = set(own) | (
             set(label_concepts) if name == cfg.simulator and LABEL in cfg.explainers else set()
         )
-        checkpoint, cal = embedder_settings(spec, name, label_concepts)
-        fit_on = tuple(sorted(label_concepts)) if cal == "fit" else ()
+        checkpoint, cal = embedder_settings(spec, name, fit_concepts)
+        fit_on = tuple(sorted(fit_concepts)) if cal == "fit" else ()
         sub = dataclasses.replace(
             spec.embed,
             embedder=name,

@@ -30,6 +30,7 @@ from neurodis.methods.embed.patches import LayerGeometry
 from neurodis.methods.embed.plan import NULL_CROP, PSI_CROP
 from neurodis.methods.embed.store import GEOMETRY_UNIT, TEXTS_UNIT, concept_vectors, stack_vectors
 from neurodis.methods.embed.store import STAGE as EMBED_STAGE
+from neurodis.methods.forward.shards import predicted_classes, predicts
 from neurodis.methods.psi.tables import PSI, PSI_DEPTH, PSI_LAYERS, PSI_NULLS
 from neurodis.pipeline.step import UnitOutput, error_text, run_unit
 from neurodis.sections import stable_hash
@@ -150,9 +151,12 @@ def neuron_rng(seed: int, layer: str, channel: int, null: bool) -> np.random.Gen
     return np.random.default_rng([seed, zlib.crc32(layer.encode()), channel, int(null)])
 
 
-def _labels(layout: RunLayout) -> dict[int, int]:
-    """image id -> class index (sorted label names); unlabelled images are absent."""
-    t = read_table(layout, "images", columns=["image_id", "label"])
+def _labels(plan: PsiPlan) -> dict[int, int]:
+    """image id -> class index: the index of the given label among the sorted label names, or with
+    ``data.labels: predicted`` the model's predicted class; unlabelled images are absent."""
+    if predicts(plan.spec):
+        return predicted_classes(plan.layout)
+    t = read_table(plan.layout, "images", columns=["image_id", "label"])
     names = sorted({x for x in t["label"].to_pylist() if x is not None})
     index = {n: i for i, n in enumerate(names)}
     return {
@@ -329,7 +333,7 @@ def _items(
 def score_neurons(plan: PsiPlan, layer: str, start: int, stop: int, null: bool = False) -> pa.Table:
     """PSI rows for channels ``[start, stop)`` of a layer (or null neurons ``[start, stop)``)."""
     dead = set() if null else _dead(plan, layer)
-    labels = _labels(plan.layout)
+    labels = _labels(plan)
     _, text = concept_vectors(
         plan.layout, plan.embedder, plan.concept_set, prompts=plan.spec.psi.d_over == "prompts"
     )

@@ -37,6 +37,7 @@ from neurodis.methods.pure.common import (
     heatmap_rows,
     model_view,
     png_bytes,
+    ragged_column,
     vector_column,
 )
 from neurodis.methods.pure.plan import ATTR_STEP, PureLayer, PurePlan, Shard
@@ -267,8 +268,8 @@ class PureWorker:
     def heatmaps(
         self, lp: PureLayer, xr: torch.Tensor, ch: torch.Tensor, sites: torch.Tensor
     ) -> torch.Tensor:
-        """LRP input heatmaps ``[R, H, W]`` of each row's neuron at its max site."""
-        return heatmap_rows(self.model, lp.path, self.cfg.heatmap_composite, xr, ch, sites)
+        """Input heatmaps ``[R, H, W]`` of each row's neuron at its max site (``plan.heatmap``)."""
+        return heatmap_rows(self.model, lp.path, self.plan.heatmap, xr, ch, sites)
 
     def add_crops(
         self,
@@ -332,7 +333,6 @@ class PureWorker:
 def _attr_table(rows: list[dict[str, Any]]) -> pa.Table:
     if not rows:
         return PURE_ATTRIBUTIONS.schema.empty_table()
-    vec = np.stack([r["attribution"] for r in rows])
     t = pa.table(
         {
             "layer": pa.array([r["layer"] for r in rows], pa.string()),
@@ -340,7 +340,8 @@ def _attr_table(rows: list[dict[str, Any]]) -> pa.Table:
             "rank": pa.array([r["rank"] for r in rows], pa.int32()),
             "image_id": pa.array([r["image_id"] for r in rows], pa.int64()),
             "lower_layer": pa.array([r["lower_layer"] for r in rows], pa.string()),
-            "attribution": vector_column(vec, pa.float32()),
+            # one vector per row over its own lower layer: layers may have lower layers of different widths
+            "attribution": ragged_column([r["attribution"] for r in rows], pa.float32()),
             "l1": pa.array([r["l1"] for r in rows], pa.float32()),
         },
         schema=PURE_ATTRIBUTIONS.schema,

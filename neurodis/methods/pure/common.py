@@ -14,9 +14,12 @@ from neurodis.config import AuditSpec
 from neurodis.kernels.attribution import input_relevance, partial_attribution
 from neurodis.kernels.summaries import token_grid
 from neurodis.methods.pure.config import PureConfig
-from neurodis.models.lrp import lrp
+from neurodis.models.lrp import lrp, unsupported_module
 from neurodis.models.subnet import SubNetwork, frozen, run_until
 from neurodis.sections import PreprocessConfig
+from neurodis.types import SpecError
+
+GRAD_X_INPUT = "grad_x_input"
 
 
 def device_for(spec: AuditSpec) -> torch.device:
@@ -59,10 +62,44 @@ def vector_column(rows: np.ndarray, dtype: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1), type=dtype))
 
 
+def ragged_column(rows: list[np.ndarray], dtype: pa.DataType) -> pa.Array:
+    """A list column of 1-d vectors whose lengths may differ from row to row (e.g. attributions over
+    lower layers of different widths)."""
+    lengths = np.fromiter((len(r) for r in rows), np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(rows) if rows else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=dtype))
+
+
 def example_input(pre: PreprocessConfig, device: torch.device) -> torch.Tensor:
     """A seeded random input batch used once to verify a sub-network chain."""
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, 3, pre.crop, pre.crop, generator=g).to(device)
+
+
+def heatmap_method(cfg: PureConfig, model: nn.Module) -> str:
+    """``pure.heatmap_composite`` resolved for ``model``: ``auto`` is ``epsilon_plus_flat``, or gradient x
+    input when the model holds attention (zennit has no LRP rule for it); an LRP composite asked for
+    explicitly on such a model is a spec error."""
+    blocker = unsupported_module(model)
+    if cfg.heatmap_composite == "auto":
+        return GRAD_X_INPUT if blocker else "epsilon_plus_flat"
+    if blocker and cfg.heatmap_composite != GRAD_X_INPUT:
+        raise SpecError(
+            f"pure.heatmap_composite: zennit has no LRP rule for the attention module {blocker!r}; "
+            f"use {GRAD_X_INPUT} or auto (or pure.crops: false)"
+        )
+    return cfg.heatmap_composite
+
+
+def check_rule(cfg: PureConfig, model: nn.Module) -> None:
+    """``pure.rule: lrp_epsilon_plus`` needs LRP rules for every module of the model (none for attention)."""
+    blocker = unsupported_module(model)
+    if cfg.rule == "lrp_epsilon_plus" and blocker:
+        raise SpecError(
+            f"pure.rule: lrp_epsilon_plus, but zennit has no LRP rule for the attention module {blocker!r}; "
+            "use rule: grad_x_act (gradient x activation through the block)"
+        )
 
 
 def attribute_rows(
@@ -98,16 +135,23 @@ def attribute_rows(
 def heatmap_rows(
     model: nn.Module,
     layer: str,
-    composite: str,
+    method: str,
     xr: torch.Tensor,
     channels: torch.Tensor,
     sites: torch.Tensor,
 ) -> torch.Tensor:
-    """LRP input heatmaps ``[R, H, W]`` of each row's neuron (``channels[r]`` of ``layer``) at its max
-    site."""
+    """Input heatmaps ``[R, H, W]`` of each row's neuron (``channels[r]`` of ``layer``) at its max site:
+    LRP with the zennit composite ``method``, or gradient x input (``method`` = ``grad_x_input``; see
+    :func:`heatmap_method`)."""
     device = xr.device
-    with frozen(model), lrp(model, composite):
+    grad_x_input = method == GRAD_X_INPUT
+    ctx = contextlib.nullcontext() if grad_x_input else lrp(model, method)
+    with frozen(model), ctx:
         heat = input_relevance(
-            lambda t: run_until(model, t, layer), xr, channels.to(device), sites.to(device)
+            lambda t: run_until(model, t, layer),
+            xr,
+            channels.to(device),
+            sites.to(device),
+            multiply_by_input=grad_x_input,
         )
     return heat.detach().float().cpu()

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 PureRule = Literal["grad_x_act", "lrp_epsilon_plus"]
 PureStart = Literal["all", "argmax"]
-HeatmapComposite = Literal["epsilon_plus_flat", "epsilon_plus"]
+HeatmapComposite = Literal["auto", "epsilon_plus_flat", "epsilon_plus", "grad_x_input"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,10 @@ class PureConfig:
     layer, k-means into virtual neurons, crops, evaluation with an image embedder.
 
     ``lower_layers`` maps an audited layer to its lower layer ``L'`` (YAML mapping or list of pairs);
-    a layer not listed uses the block output just below it. ``layers: all`` = every audited layer."""
+    a layer not listed uses the block output just below it. ``layers: all`` = every audited layer.
+    ``heatmap_composite``: how the crops' input heatmaps are computed: a zennit LRP composite
+    (``epsilon_plus_flat``, ``epsilon_plus``), ``grad_x_input``, or ``auto`` (``epsilon_plus_flat``, or
+    ``grad_x_input`` for models with attention, which zennit has no rule for)."""
 
     n_ref: int = 100
     layers: tuple[str, ...] | Literal["all"] = "all"
@@ -32,7 +35,7 @@ class PureConfig:
     n_init: int = 10
     seed: int = 0
     crops: bool = True
-    heatmap_composite: HeatmapComposite = "epsilon_plus_flat"
+    heatmap_composite: HeatmapComposite = "auto"
     embed_kernel: int = 5
     embed_threshold: float = 0.01
     picture_kernel: int = 51

@@ -19,6 +19,7 @@ from neurodis.config import AuditSpec
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
 from neurodis.methods.forward import shards as forward
+from neurodis.methods.pure.common import check_rule, heatmap_method
 from neurodis.models.layers import LayerInfo, discover_layers, resolve_layers
 from neurodis.models.loading import load_model, resolve_preprocess
 from neurodis.models.subnet import default_lower_layer
@@ -92,6 +93,7 @@ class PurePlan:
     attr_hash: str
     cluster_hash: str
     index_hash: str
+    heatmap: str  # pure.heatmap_composite resolved for the model (see common.heatmap_method)
 
     @property
     def layout(self) -> RunLayout:
@@ -164,14 +166,18 @@ def resolve_pure_layers(spec: AuditSpec, infos: list[LayerInfo]) -> tuple[PureLa
     return tuple(out)
 
 
-def plan_layers(spec: AuditSpec) -> tuple[PreprocessConfig, tuple[PureLayer, ...]]:
-    """Load the model once to resolve layers and lower layers (no image is read)."""
+def plan_layers(spec: AuditSpec) -> tuple[PreprocessConfig, tuple[PureLayer, ...], str]:
+    """Load the model once to resolve layers, lower layers and the heatmap method (no image is read)."""
     model = load_model(spec.model)
+    check_rule(spec.pure, model)
+    heatmap = heatmap_method(spec.pure, model)
     pre = resolve_preprocess(spec.model, model)
-    return pre, resolve_pure_layers(spec, discover_layers(model, pre.crop))
+    return pre, resolve_pure_layers(spec, discover_layers(model, pre.crop)), heatmap
 
 
-def _hashes(spec: AuditSpec, forward_hash: str, layers: tuple[PureLayer, ...]) -> tuple[str, str, str]:
+def _hashes(
+    spec: AuditSpec, forward_hash: str, layers: tuple[PureLayer, ...], heatmap: str
+) -> tuple[str, str, str]:
     p = spec.pure
     attr = stable_hash(
         SCHEMA_VERSION,
@@ -182,7 +188,7 @@ def _hashes(spec: AuditSpec, forward_hash: str, layers: tuple[PureLayer, ...]) -
         p.rule,
         p.start,
         p.crops,
-        p.heatmap_composite,
+        heatmap,
         p.embed_kernel,
         p.embed_threshold,
         p.picture_kernel,
@@ -200,7 +206,7 @@ def _hashes(spec: AuditSpec, forward_hash: str, layers: tuple[PureLayer, ...]) -
 def plan_pure(spec: AuditSpec, layout: RunLayout) -> PurePlan:
     """Resolve layers, chain the hashes to the committed forward stage (which must be complete)."""
     fplan, _ = forward.plan_forward(spec, layout)
-    pre, layers = plan_layers(spec)
+    pre, layers, heatmap = plan_layers(spec)
     done = committed(layout, forward.STAGE, fplan.config_hash)
     missing = [lp.path for lp in layers if forward.merge_unit(lp.path) not in done]
     if missing:
@@ -209,7 +215,7 @@ def plan_pure(spec: AuditSpec, layout: RunLayout) -> PurePlan:
             "current "
             f"spec (forward hash {fplan.config_hash}); run the forward stage first (stages: [forward, pure])"
         )
-    attr, cluster, index = _hashes(spec, fplan.config_hash, layers)
+    attr, cluster, index = _hashes(spec, fplan.config_hash, layers, heatmap)
     return PurePlan(
-        str(layout.root), spec, pre, layers, fplan.n_images, fplan.config_hash, attr, cluster, index
+        str(layout.root), spec, pre, layers, fplan.n_images, fplan.config_hash, attr, cluster, index, heatmap
     )

@@ -27,6 +27,7 @@ from neurodis.methods.pure.common import (
     device_for,
     example_input,
     flat_sites,
+    heatmap_method,
     heatmap_rows,
     model_view,
 )
@@ -179,7 +180,7 @@ def render_crop(run_dir: str | Path, neuron: str, image_id: int, purpose: str = 
     shape = tuple(capture(model, x[None], ref.layer).shape[1:])
     site = torch.as_tensor(flat_sites(shape, refs["h"].to_numpy(), refs["w"].to_numpy()))
     heat = heatmap_rows(
-        model, ref.layer, spec.pure.heatmap_composite, x[None], torch.tensor([ref.channel]), site
+        model, ref.layer, heatmap_method(spec.pure, model), x[None], torch.tensor([ref.channel]), site
     )
     _, _, mask = crop_boxes(heat, spec.pure.picture_kernel, spec.pure.picture_threshold)
     m = mask[0].numpy()[box.y0 : box.y1, box.x0 : box.x1]

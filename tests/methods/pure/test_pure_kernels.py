@@ -245,6 +245,40 @@ def test_module_chains_and_default_lower_layers_of_resnet18():
     assert SubNetwork(model, "avgpool", "fc", x).mode == "hooked"  # ResNet.forward flattens in between
 
 
+def test_default_lower_layers_of_vit_mlp_neurons_are_the_previous_blocks_mlp():
+    from neurodis.models.tiny import tiny_vit
+
+    model = tiny_vit().eval()
+    infos = discover_layers(model, 32)
+    mlp = "encoder.layers.encoder_layer_{}.mlp.1"
+    assert default_lower_layer(infos, mlp.format(2)) == mlp.format(1)
+    assert default_lower_layer(infos, mlp.format(1)) == mlp.format(0)
+    assert default_lower_layer(infos, mlp.format(0)) == "encoder.dropout"  # the embedded tokens
+    assert default_lower_layer(infos, "encoder.layers.encoder_layer_2") == "encoder.layers.encoder_layer_1"
+    # a module that `layers: all` does not pick keeps the previous-sibling rule
+    assert (
+        default_lower_layer(infos, "encoder.layers.encoder_layer_2.mlp.3")
+        == "encoder.layers.encoder_layer_2.mlp.2"
+    )
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert SubNetwork(model, mlp.format(1), mlp.format(2), x).mode == "hooked"  # residual sums in forward
+
+
+def test_token_seeds_skip_the_class_token():
+    from neurodis.kernels.attribution import seeds
+
+    out = torch.rand(2, 5, 3)  # [R, T = 1 + 2 x 2 patch tokens, C]
+    out[:, 0] = 10.0  # the class token holds the largest values
+    out[1, 3, 2] = 5.0
+    g = seeds(out, torch.tensor([0, 2]), "all")
+    assert torch.equal(g[0, :, 0], torch.cat([torch.zeros(1), out[0, 1:, 0]]))
+    assert torch.equal(g[1, :, 2], torch.cat([torch.zeros(1), out[1, 1:, 2]]))
+    assert not g[0, :, 1:].any() and not g[1, :, :2].any()
+    g = seeds(out, torch.tensor([0, 2]), "argmax")
+    assert g[1].nonzero().tolist() == [[3, 2]] and g[1, 3, 2] == 5.0
+    assert g[0].nonzero().tolist() == [[1 + int(out[0, 1:, 0].argmax()), 0]]
+
+
 # ----------------------------------------------------------------------------------------------
 # Crops
 
