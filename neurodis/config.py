@@ -10,8 +10,10 @@ method registry (``neurodis.registry``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -242,6 +244,40 @@ def spec_from_dict(raw: dict[str, Any]) -> AuditSpec:
     raw["sections"] = tuple(sections.items())
     spec: AuditSpec = _build(AuditSpec, raw, "")
     return spec
+
+
+# keys that never enter a config hash: what a run computes and where, not what its outputs are
+_NOT_HASHED = ("stages", "output", "cache_dir", "resources")
+_MISSING = object()
+
+
+def spec_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The keys whose value differs between two resolved specs (``AuditSpec.to_dict()``, e.g. a run's
+    stored spec.yaml and the spec of a new audit), one ``key: old -> new`` each, in spec order; keys
+    that never enter a config hash (stages, output, cache_dir, resources) are left out."""
+
+    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if not prefix and k in _NOT_HASHED:
+                continue
+            if isinstance(v, Mapping):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = list(a) + [k for k in b if k not in a]
+
+    def show(v: Any) -> str:
+        return "(unset)" if v is _MISSING else json.dumps(v)
+
+    return [
+        f"{k}: {show(a.get(k, _MISSING))} -> {show(b.get(k, _MISSING))}"
+        for k in keys
+        if a.get(k, _MISSING) != b.get(k, _MISSING)
+    ]
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> AuditSpec:
