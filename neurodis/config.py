@@ -256,28 +256,22 @@ def spec_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     stored spec.yaml and the spec of a new audit), one ``key: old -> new`` each, in spec order; keys
     that never enter a config hash (stages, output, cache_dir, resources) are left out."""
 
-    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if not prefix and k in _NOT_HASHED:
-                continue
-            if isinstance(v, Mapping):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(old), flat(new)
-    keys = list(a) + [k for k in b if k not in a]
-
     def show(v: Any) -> str:
         return "(unset)" if v is _MISSING else json.dumps(v)
 
-    return [
-        f"{k}: {show(a.get(k, _MISSING))} -> {show(b.get(k, _MISSING))}"
-        for k in keys
-        if a.get(k, _MISSING) != b.get(k, _MISSING)
-    ]
+    def walk(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str) -> list[str]:
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            if not prefix and k in _NOT_HASHED:
+                continue
+            va, vb = a.get(k, _MISSING), b.get(k, _MISSING)
+            if isinstance(va, Mapping) and isinstance(vb, Mapping):
+                out += walk(va, vb, f"{prefix}{k}.")
+            elif va != vb:
+                out.append(f"{prefix}{k}: {show(va)} -> {show(vb)}")
+        return out
+
+    return walk(old, new, "")
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> AuditSpec:
