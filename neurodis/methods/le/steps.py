@@ -250,10 +250,13 @@ def explanation_results(
     kept: dict[str, int] = {e: 0 for e in plan.spec.explain.explainers}
     for e, k in zip(concepts["explainer"].to_pylist(), concepts["kept"].to_pylist()):
         kept[e] = kept.get(e, 0) + bool(k)
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in t:
+        by_key.setdefault((r["explainer"], r["layer"]), []).append(r)
     out: dict[str, dict[str, Any]] = {}
     for e in plan.spec.explain.explainers:
         for lp in plan.layers:
-            rows = [r for r in t if r["explainer"] == e and r["layer"] == lp.path]
+            rows = by_key.get((e, lp.path), [])
             out[f"{e}/{lp.path}"] = {
                 "status": count_statuses(r["status"] for r in rows),
                 "median_test_corr": median(r["test_corr"] for r in rows if r["status"] == "ok"),

@@ -108,9 +108,12 @@ def layer_results(plan: scoring.PsiPlan, layout: RunLayout) -> dict[str, dict[st
     t = read_table(
         layout, "psi", columns=["layer", "status", "log_psi", "S_z", "Q_z", "D_z", "flags"]
     ).to_pylist()
+    by_layer: dict[str, list[dict[str, Any]]] = {}
+    for r in t:
+        by_layer.setdefault(r["layer"], []).append(r)
     out: dict[str, dict[str, Any]] = {}
     for g in plan.layers:
-        rows = [r for r in t if r["layer"] == g.layer]
+        rows = by_layer.get(g.layer, [])
         scored = [r for r in rows if r["status"] in scoring.SCORED and r["log_psi"] is not None]
         above = sum(
             1
