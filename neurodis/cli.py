@@ -6,7 +6,11 @@ import argparse
 import importlib
 import json
 import logging
+import shlex
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +20,59 @@ from neurodis.types import SpecError
 DEMO_IMAGES = 2000
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises ``KeyboardInterrupt``: the run stops the
+    same way (committed units kept, Ray shut down) and the process exits 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _catch_signals() -> None:
+    """SIGINT -> ``KeyboardInterrupt``, SIGTERM -> ``Terminated``."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
+    """One line per stage (its headline) and per stage and layer (its results), then the warnings."""
     print(f"run: {summary['run_dir']}  ({summary['seconds']} s)")
     for stage, s in summary["stages"].items():
         if "text" in s:  # the method's own one-line account
             print(f"  {stage}: {s['text']}")
-        else:
-            print(f"  {stage}: {json.dumps({k: v for k, v in s.items() if not isinstance(v, (dict, list))})}")
+        elif not s.get("lines"):
+            plain = {k: v for k, v in s.items() if not isinstance(v, (dict, list)) and not k.endswith("hash")}
+            print(f"  {stage}: {json.dumps(plain)}")
+        for line in s.get("lines", []):
+            print(f"  {stage} {line}")
+    for w in summary.get("warnings", []):
+        print(f"warning: {w}")
+
+
+def _run_stoppably(make_runner: Callable[[], Any], work: Callable[[Any], Any]) -> Any:
+    """``work(make_runner())`` with SIGINT and SIGTERM stopping it cleanly: the runner's Ray is shut
+    down, then the interrupt propagates to :func:`main`, which says how to resume. The process's
+    signal handlers are restored after."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return work(make_runner())
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    runner = None
+    try:
+        _catch_signals()
+        runner = make_runner()
+        _catch_signals()  # again: ray.init installs its own SIGTERM handler
+        return work(runner)
+    except KeyboardInterrupt:
+        for s in previous:  # a second signal must not break the shutdown
+            signal.signal(s, signal.SIG_IGN)
+        shutdown = getattr(runner, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -36,8 +86,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         overrides["stages"] = args.stages
     spec = load_spec(args.spec, overrides)
     run_preflight(spec)  # every problem of the spec at once, before Ray starts
-    runner = LocalRunner() if args.local else RayRunner(address=args.address)
-    summary = run_audit(spec, out=args.out, runner=runner, overwrite=args.overwrite, preflight=False)
+    summary = _run_stoppably(
+        lambda: LocalRunner() if args.local else RayRunner(address=args.address),
+        lambda runner: run_audit(
+            spec, out=args.out, runner=runner, overwrite=args.overwrite, preflight=False
+        ),
+    )
     _print_summary(summary)
     return 0
 
@@ -87,8 +141,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from neurodis.orchestration.runners import LocalRunner, RayRunner
 
     cfg = DemoConfig(n_images=args.images)
-    runner = LocalRunner() if args.local else RayRunner(address=args.address)
-    result = run_demo(args.out, cfg, runner)
+    result = _run_stoppably(
+        lambda: LocalRunner() if args.local else RayRunner(address=args.address),
+        lambda runner: run_demo(args.out, cfg, runner),
+    )
     _print_summary(result["summary"])
     print(render_scorecard(result["scorecard"]))
     print(f"scorecard: {Path(args.out) / 'scorecard.json'}")
@@ -151,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -165,6 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, RuntimeError) as e:
         print(f"neurodis: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C (SIGINT), or SIGTERM during an audit
+        terminated = isinstance(e, Terminated)
+        line = f"neurodis: stopped by {'SIGTERM' if terminated else 'SIGINT'}"
+        if args.command in ("audit", "demo"):
+            line += (
+                "; committed units are kept and unfinished ones are redone: resume with "
+                f"`neurodis {shlex.join(argv)}`"
+            )
+        print(line, file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

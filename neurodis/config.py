@@ -10,8 +10,10 @@ method registry (``neurodis.registry``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -243,6 +245,34 @@ def spec_from_dict(raw: dict[str, Any]) -> AuditSpec:
     raw["sections"] = tuple(sections.items())
     spec: AuditSpec = _build(AuditSpec, raw, "")
     return spec
+
+
+# keys that never enter a config hash: what a run computes and where, not what its outputs are
+_NOT_HASHED = ("stages", "output", "cache_dir", "resources")
+_MISSING = object()
+
+
+def spec_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The keys whose value differs between two resolved specs (``AuditSpec.to_dict()``, e.g. a run's
+    stored spec.yaml and the spec of a new audit), one ``key: old -> new`` each, in spec order; keys
+    that never enter a config hash (stages, output, cache_dir, resources) are left out."""
+
+    def show(v: Any) -> str:
+        return "(unset)" if v is _MISSING else json.dumps(v)
+
+    def walk(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str) -> list[str]:
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            if not prefix and k in _NOT_HASHED:
+                continue
+            va, vb = a.get(k, _MISSING), b.get(k, _MISSING)
+            if isinstance(va, Mapping) and isinstance(vb, Mapping):
+                out += walk(va, vb, f"{prefix}{k}.")
+            elif va != vb:
+                out.append(f"{prefix}{k}: {show(va)} -> {show(vb)}")
+        return out
+
+    return walk(old, new, "")
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> AuditSpec:

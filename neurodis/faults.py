@@ -6,6 +6,9 @@ to its workers (``RayRunner(env_vars=...)`` or a job's runtime environment). Uns
   ``le-ablation/*``) is killed with SIGKILL, as a crashed GPU worker would be. With
   ``NEURODIS_FAULT_MARKER=DIR`` each pattern fires once (``DIR/<i>`` records the unit that died for
   pattern ``i``); without it, on every attempt (a persistent failure).
+- ``NEURODIS_FAULT_PAUSE_UNIT=PATTERN[,PATTERN...]``: a worker that starts a matching unit sleeps
+  ``NEURODIS_FAULT_PAUSE_S`` seconds (default 60) first, as a slow unit would (the interrupt tests
+  signal the driver while it waits there).
 - ``NEURODIS_FAULT_KILL_DRIVER_AFTER=N`` (read by the audit driver): SIGKILL the driver after N units.
 """
 
@@ -14,18 +17,26 @@ from __future__ import annotations
 import fnmatch
 import os
 import signal
+import time
 from pathlib import Path
+
+
+def _matches(patterns: str, name: str) -> list[int]:
+    """Indexes of the comma-separated shell patterns that match ``name``."""
+    return [
+        i for i, p in enumerate(p.strip() for p in patterns.split(",")) if p and fnmatch.fnmatchcase(name, p)
+    ]
 
 
 def at_unit_start(stage: str, unit: str) -> None:
     """Called by every worker when it starts a unit, after its attempt is recorded."""
+    name = f"{stage}/{unit}"
+    if _matches(os.environ.get("NEURODIS_FAULT_PAUSE_UNIT", ""), name):
+        time.sleep(float(os.environ.get("NEURODIS_FAULT_PAUSE_S", "60")))
     patterns = os.environ.get("NEURODIS_FAULT_EXIT_UNIT")
     if not patterns:
         return
-    name = f"{stage}/{unit}"
-    for i, pattern in enumerate(p.strip() for p in patterns.split(",")):
-        if not pattern or not fnmatch.fnmatchcase(name, pattern):
-            continue
+    for i in _matches(patterns, name):
         marker = os.environ.get("NEURODIS_FAULT_MARKER")
         if marker:
             Path(marker).mkdir(parents=True, exist_ok=True)

@@ -22,20 +22,21 @@ class NeuronRef:
 
     @classmethod
     def parse(cls, text: str, model: str = "") -> NeuronRef:
-        """Parse ``model/layer/channel`` or ``layer/channel`` (then ``model`` is the given default)."""
+        """Parse ``model/layer/channel`` or ``layer/channel`` (then ``model`` is the given default);
+        ``SpecError`` (a ``ValueError``) names what is wrong with ``text``."""
         parts = text.strip().split("/")
         if len(parts) == 2:
             parts = [model, *parts]
         if len(parts) != 3 or not parts[1]:
-            raise ValueError(
+            raise SpecError(
                 f"neuron {text!r} is not 'layer/channel' or 'model/layer/channel' (e.g. layer4/117)"
             )
         try:
             channel = int(parts[2])
         except ValueError:
-            raise ValueError(f"neuron {text!r}: channel {parts[2]!r} is not an integer") from None
+            raise SpecError(f"neuron {text!r}: channel {parts[2]!r} is not an integer") from None
         if channel < 0:
-            raise ValueError(f"neuron {text!r}: channel must be >= 0")
+            raise SpecError(f"neuron {text!r}: channel must be >= 0")
         return cls(parts[0], parts[1], channel)
 
 

@@ -4,11 +4,12 @@ config hash matches; the table files it names were renamed into place before it 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,30 @@ from neurodis import faults
 from neurodis.io.atomic import write_json_atomic, write_parquet_atomic
 from neurodis.io.layout import RunLayout
 
+log = logging.getLogger(__name__)
+
 
 class StaleRunError(RuntimeError):
-    """The run directory holds outputs computed from a different config."""
+    """The run directory holds outputs computed from a different config. ``changes`` (one
+    ``key: old -> new`` each, from the run's stored spec.yaml) say what changed; None when unknown."""
+
+    def __init__(self, root: Path, stage: str, changes: Sequence[str] | None = None) -> None:
+        self.root, self.stage = root, stage
+        self.changes = None if changes is None else list(changes)
+        if changes is None:
+            why = ""
+        elif changes:
+            more = f", +{len(changes) - 6} more" if len(changes) > 6 else ""
+            why = f" (changed: {'; '.join(changes[:6])}{more})"
+        else:
+            why = " (no spec key changed: the checkpoint's weights or the probe images did)"
+        super().__init__(
+            f"run directory {root} already holds stage {stage!r} outputs from a different config{why}; "
+            "pass --overwrite to recompute them or --out to write a new run"
+        )
+
+    def with_changes(self, changes: Sequence[str]) -> StaleRunError:
+        return StaleRunError(self.root, self.stage, changes)
 
 
 @dataclass(frozen=True)
@@ -213,8 +235,10 @@ def check_stage_hash(layout: RunLayout, stage: str, config_hash: str, overwrite:
         drop_stage(layout, stage)
         adopt_cached(layout, stage, config_hash)
         return
-    raise StaleRunError(
-        f"run directory {layout.root} already holds stage {stage!r} outputs from a different config "
-        f"(hash {next(iter(stale.values())).config_hash} != {config_hash}); pass --overwrite to recompute "
-        f"them or --out to write a new run"
+    log.debug(
+        "stage %s: committed hash %s, spec hash %s",
+        stage,
+        next(iter(stale.values())).config_hash,
+        config_hash,
     )
+    raise StaleRunError(layout.root, stage)

@@ -22,10 +22,17 @@ from typing import Any
 import yaml
 
 from neurodis import registry
-from neurodis.config import AuditSpec
+from neurodis.config import AuditSpec, spec_changes
 from neurodis.io.atomic import write_json_atomic, write_text_atomic
 from neurodis.io.layout import RunLayout, safe_name
-from neurodis.io.manifest import attempts, check_stage_hash, committed, publish_to_cache, remove_uncommitted
+from neurodis.io.manifest import (
+    StaleRunError,
+    attempts,
+    check_stage_hash,
+    committed,
+    publish_to_cache,
+    remove_uncommitted,
+)
 from neurodis.orchestration.runners import LocalRunner, Runner
 from neurodis.pipeline.method import Method
 from neurodis.pipeline.step import Resources, StageFailed, Step
@@ -220,11 +227,13 @@ def run_audit(
     """Run every stage of ``spec`` that is not yet committed; returns (and writes) the summary. First
     the preflight (``neurodis.preflight``) checks everything the spec names and reports every problem
     at once; ``preflight=False`` when the caller has just run it (``neurodis audit`` runs it before it
-    starts Ray)."""
+    starts Ray).
+
+    A run directory holding outputs of another config raises ``StaleRunError`` naming the spec keys
+    that changed (its stored spec.yaml is kept). An interrupt (``KeyboardInterrupt``) stops the run
+    with ``status: interrupted`` in summary.json; committed units stay, the rest is redone on resume."""
     if preflight:
-        from neurodis.preflight import (
-            run_preflight,
-        )  # local: `neurodis status` imports this module, not torch
+        from neurodis.preflight import run_preflight  # local: `neurodis status` imports this module
 
         run_preflight(spec)
     layout = RunLayout(Path(out or spec.output), Path(spec.cache_dir) if spec.cache_dir else None)
@@ -233,6 +242,7 @@ def run_audit(
     removed = remove_uncommitted(layout, TABLES)
     if removed:
         log.info("removed %d uncommitted file(s) left by an interrupted run", len(removed))
+    stored = layout.spec_path.read_text() if layout.spec_path.is_file() else None
     write_text_atomic(yaml.safe_dump(spec.to_dict(), sort_keys=False), layout.spec_path, layout.tmp_dir)
     t0 = time.time()
     summary: dict[str, Any] = {"run_dir": str(layout.root), "model": spec.model.model_name, "stages": {}}
@@ -240,19 +250,32 @@ def run_audit(
         ts = time.time()
         try:
             summary["stages"][method.stage] = run_method(method, spec, layout, runner, overwrite)
+        except StaleRunError as e:
+            if stored is None:
+                raise
+            write_text_atomic(stored, layout.spec_path, layout.tmp_dir)  # the outputs are still its
+            changes = _changes(stored, spec)
+            raise (e if changes is None else e.with_changes(changes)) from None
         except StageFailed as e:
-            summary.update(
+            _stopped(
+                summary,
+                layout,
+                t0,
                 status="failed",
                 failed_stage=method.stage,
                 error=str(e),
                 failures=e.failures,
-                seconds=round(time.time() - t0, 2),
             )
-            write_json_atomic(summary, layout.summary_path(), layout.tmp_dir)
+            raise
+        except KeyboardInterrupt:
+            _stopped(summary, layout, t0, status="interrupted", interrupted_stage=method.stage)
             raise
         summary["stages"][method.stage]["seconds"] = round(time.time() - ts, 2)
     summary.update(
-        status="complete", seconds=round(time.time() - t0, 2), cached_units=publish_to_cache(layout)
+        status="complete",
+        seconds=round(time.time() - t0, 2),
+        cached_units=publish_to_cache(layout),
+        warnings=[w for s in summary["stages"].values() for w in s.get("warnings", [])],
     )
     write_json_atomic(summary, layout.summary_path(), layout.tmp_dir)
     return summary
@@ -317,6 +340,22 @@ def _plan_status(layout: RunLayout, plans: list[dict[str, Any]]) -> dict[str, An
     }
 
 
+def _stopped(summary: dict[str, Any], layout: RunLayout, t0: float, **fields: Any) -> None:
+    """Write the summary of a run that stopped before its end."""
+    summary.update(fields, seconds=round(time.time() - t0, 2))
+    write_json_atomic(summary, layout.summary_path(), layout.tmp_dir)
+
+
+def _changes(stored: str, spec: AuditSpec) -> list[str] | None:
+    """The spec keys that differ between the run's stored spec.yaml and ``spec`` (None when the stored
+    spec cannot be read)."""
+    try:
+        old = yaml.safe_load(stored)
+    except yaml.YAMLError:
+        return None
+    return spec_changes(old, spec.to_dict()) if isinstance(old, dict) else None
+
+
 def stage_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Per stage: committed units and the units a resumed run would still compute, from the plan the
     driver recorded and the manifests. Reads files only: no model, no Ray, no torch. A stage whose steps
@@ -326,9 +365,10 @@ def stage_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     with ``known: false``."""
     layout = RunLayout(Path(run_dir))
     if not layout.spec_path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not a neurodis run directory (no spec.yaml); pass the --out of an audit"
+        what = (
+            "does not exist" if not layout.root.exists() else "is not a neurodis run directory (no spec.yaml)"
         )
+        raise FileNotFoundError(f"{run_dir} {what}; pass the --out of an audit")
     listed = _recorded_stages(layout)
     by_stage, by_name = registry.by_stage(), registry.by_name()
     on_disk = (

@@ -147,9 +147,10 @@ class RayRunner:
         env_vars: dict[str, str] | None = None,
         wait_for_workers_s: int | None = None,
     ) -> None:
-        ensure_ray(address)
         import ray
 
+        self.started_ray = not ray.is_initialized()  # this runner owns the Ray it started
+        ensure_ray(address)
         self.ray = ray
         self.max_in_flight = max_in_flight
         self.retries = retries
@@ -158,6 +159,12 @@ class RayRunner:
         self.wait_for_workers_s = wait_for_workers_s
         # extra environment for the workers (e.g. fault injection in tests)
         self.runtime_env: dict[str, Any] | None = {"env_vars": dict(env_vars)} if env_vars else None
+
+    def shutdown(self) -> None:
+        """Stop the embedded Ray instance this runner started (disconnect from a cluster it joined);
+        a Ray initialised by someone else is left alone."""
+        if self.started_ray and self.ray.is_initialized():
+            self.ray.shutdown()
 
     def cluster_gpus(self) -> float:
         return float(self.ray.cluster_resources().get("GPU", 0.0))

@@ -10,7 +10,9 @@ provides:
   (sending back how many units each step computed in this run), so a step may be planned from what
   earlier steps committed. Steps whose units are known together are yielded as one tuple: the driver
   records all their plans before the first one runs, so ``neurodis status`` can count every unit of an
-  interrupted run. The generator's return value is the method's part of ``summary.json``.
+  interrupted run. The generator's return value is the method's part of ``summary.json``, built from
+  its committed tables; its optional ``text``, ``lines`` and ``warnings`` keys are what the CLI prints
+  (:mod:`neurodis.pipeline.results`).
 * optionally ``score_against_truth(run_dir, truth) -> dict``: the method's scorecard section against
   the testbed's truth (:class:`neurodis.testbed.source.TestbedTruth`).
 

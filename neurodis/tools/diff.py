@@ -5,6 +5,7 @@ explanations, for whichever of those both runs computed."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,19 @@ def _pure_split(run: Path) -> dict[tuple[str, int], float]:
     return out
 
 
+def _pure_status(run: Path) -> dict[tuple[str, int], str]:
+    """PURE's clustering status per neuron at the run's smallest k (computed with or without an
+    evaluation embedder)."""
+    t = _optional(run, "pure_summary")
+    if t is None:
+        return {}
+    t = t.filter(pc.equal(t["method"], "pure"))
+    out: dict[tuple[str, int], str] = {}
+    for r in sorted(t.to_pylist(), key=lambda r: -int(r["k"])):
+        out[(r["layer"], int(r["channel"]))] = str(r["status"]).split(":")[0]
+    return out
+
+
 def _explanations(run: Path) -> dict[tuple[str, int], str]:
     t = _optional(run, "explanations")
     if t is None:
@@ -103,6 +117,7 @@ def diff_runs(run_a: str | Path, run_b: str | Path, out: str | Path) -> dict[str
     psi_a = {k: v["psi"] for k, v in _by_neuron(pa_, ["psi"]).items()} if pa_ is not None else {}
     psi_b = {k: v["psi"] for k, v in _by_neuron(pb_, ["psi"]).items()} if pb_ is not None else {}
     split_a, split_b = _pure_split(a), _pure_split(b)
+    pure_status = (_pure_status(a), _pure_status(b))
     expl_a, expl_b = _explanations(a), _explanations(b)
 
     def jaccard(k: tuple[str, int]) -> float | None:
@@ -135,12 +150,22 @@ def diff_runs(run_a: str | Path, run_b: str | Path, out: str | Path) -> dict[str
     table = pa.table(cols, schema=NEURON_DIFF.schema)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(table, out / "neuron_diff.parquet")
-    summary = _summarise(table, a, b, set(na) ^ set(nb))
+    no_embedder = [
+        name for name, spec in (("A", sa), ("B", sb)) if not (spec.get("pure") or {}).get("eval_embedder")
+    ]
+    summary = _summarise(table, a, b, set(na) ^ set(nb), pure_status, no_embedder)
     write_text_atomic(summary["text"], out / "diff_summary.txt")
     return summary
 
 
-def _summarise(t: pa.Table, a: Path, b: Path, unmatched: set[tuple[str, int]]) -> dict[str, Any]:
+def _summarise(
+    t: pa.Table,
+    a: Path,
+    b: Path,
+    unmatched: set[tuple[str, int]],
+    pure_status: tuple[dict[tuple[str, int], str], dict[tuple[str, int], str]],
+    no_embedder: list[str],
+) -> dict[str, Any]:
     d = t.to_pydict()
     n = t.num_rows
     overlap = [x for x in d["reference_overlap"] if x is not None]
@@ -161,6 +186,8 @@ def _summarise(t: pa.Table, a: Path, b: Path, unmatched: set[tuple[str, int]]) -
         "mean_abs_d_psi": float(np.mean([x[0] for x in dpsi])) if dpsi else None,
         "pure_compared": len(splits),
         "mean_d_pure_split": float(np.mean(splits)) if splits else None,
+        "pure_status_compared": 0,
+        "pure_status_changed": 0,
         "explanations_compared": len(changed),
         "explanations_changed": int(sum(changed)),
     }
@@ -189,12 +216,28 @@ def _summarise(t: pa.Table, a: Path, b: Path, unmatched: set[tuple[str, int]]) -
         )
     else:
         lines.append("PSI: not computed in both runs")
-    lines.append(
-        f"PURE split quality (inter - intra): mean change {s['mean_d_pure_split']:+.4f} over {len(splits)} "
-        "neurons"
-        if splits
-        else "PURE: not computed in both runs"
-    )
+    sa, sb = pure_status
+    both = sorted(set(sa) & set(sb) & {(layer, int(ch)) for layer, ch in zip(d["layer"], d["channel"])})
+    moved = Counter(f"{sa[k]} -> {sb[k]}" for k in both if sa[k] != sb[k])
+    s["pure_status_compared"], s["pure_status_changed"] = len(both), sum(moved.values())
+    if splits:
+        lines.append(
+            f"PURE split quality (inter - intra): mean change {s['mean_d_pure_split']:+.4f} over "
+            f"{len(splits)} neurons"
+        )
+    elif both:
+        why = (
+            f"run {' and '.join(no_embedder)} without pure.eval_embedder"
+            if no_embedder
+            else "no neuron has an embedding evaluation in both runs"
+        )
+        changes = f" ({', '.join(f'{m} {n}' for m, n in sorted(moved.items()))})" if moved else ""
+        lines.append(
+            f"PURE: status changed for {s['pure_status_changed']} of {len(both)} neurons{changes}; no split "
+            f"quality to compare ({why})"
+        )
+    else:
+        lines.append("PURE: not computed in both runs")
     lines.append(
         f"explanations: {s['explanations_changed']} of {len(changed)} changed"
         if changed

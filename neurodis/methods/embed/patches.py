@@ -26,6 +26,12 @@ class LayerGeometry:
     whole_image: bool  # every site's patch is the whole image (vector outputs)
 
 
+def whole_image_patches(g: LayerGeometry, input_size: int | None) -> bool:
+    """Every patch of the layer is the whole (model view of the) image: its units see the whole input,
+    or the patch side is at least the model-input side (``input_size``; None when unknown)."""
+    return g.whole_image or (input_size is not None and g.crop >= input_size)
+
+
 def site_box(
     g: LayerGeometry, h: int, w: int, image_hw: tuple[int, int], pre: PreprocessConfig
 ) -> tuple[int, int, int, int]:

@@ -265,6 +265,7 @@ def commit_plan_units(plan: EmbedPlan) -> dict[str, Any]:
         "embedder": plan.embedder,
         "concept_set": plan.concept_set,
         "layers": [asdict(g) for g in plan.layers],
+        "input_size": plan.preprocess.crop if plan.preprocess else None,  # model-input side, in pixels
     }
     return run_unit(plan.layout, STAGE, GEOMETRY_UNIT, plan.config_hash, lambda: UnitOutput(meta=meta))
 

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Generator
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset as ds
 
 from neurodis.config import AuditSpec
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
+from neurodis.io.tables import read_table
 from neurodis.methods.embed import plan as planning
 from neurodis.methods.embed import worker
+from neurodis.methods.embed.patches import whole_image_patches
 from neurodis.methods.embed.store import CALIBRATION_UNIT, GEOMETRY_UNIT, IMAGES_STAGE, INDEX_UNIT, STAGE
 from neurodis.pipeline.method import Planned
 from neurodis.pipeline.step import Step, Unit
@@ -98,6 +102,11 @@ def _summary(plan: planning.EmbedPlan, layout: RunLayout, ran: int) -> dict[str,
         "concepts": len(plan.concepts),
         "units_run": ran,
     }
+    out["text"] = (
+        f"{plan.embedder}: {out['images']} images, {out['patches']} patches, {out['concepts']} concepts"
+    )
+    if plan.layers:
+        out["layers"], out["lines"] = _patch_layers(plan, layout)
     cal = metas.get(CALIBRATION_UNIT)
     if cal is not None:
         out["calibration"] = {
@@ -106,3 +115,30 @@ def _summary(plan: planning.EmbedPlan, layout: RunLayout, ran: int) -> dict[str,
             "source": cal.meta.get("source"),
         }
     return out
+
+
+def _patch_layers(plan: planning.EmbedPlan, layout: RunLayout) -> tuple[dict[str, Any], list[str]]:
+    """Per layer: the committed PSI patches (``crop_embeddings``) and their geometry."""
+    t = read_table(
+        layout,
+        "crop_embeddings",
+        filter=(ds.field("embedder") == plan.embedder) & (ds.field("crop") == "psi"),
+        columns=["layer"],
+    )
+    counts = Counter(t["layer"].to_pylist())
+    size = plan.preprocess.crop if plan.preprocess else None
+    layers, lines = {}, []
+    for g in plan.layers:
+        whole = whole_image_patches(g, size)
+        layers[g.layer] = {
+            "patches": counts.get(g.layer, 0),
+            "receptive_field": int(max(g.receptive_field)),
+            "patch_side": g.crop,
+            "input_size": size,
+            "whole_image": whole,
+        }
+        lines.append(
+            f"{g.layer}: {counts.get(g.layer, 0)} patches, receptive field {max(g.receptive_field)} px, "
+            f"patch {g.crop} px of a {size}-px input" + (" (every patch is the whole image)" if whole else "")
+        )
+    return layers, lines

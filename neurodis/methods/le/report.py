@@ -7,9 +7,8 @@ from typing import Any
 
 import pyarrow.dataset as ds
 
-from neurodis.io.layout import RunLayout
+from neurodis.io.runs import open_run, resolve_neuron
 from neurodis.io.tables import read_table
-from neurodis.types import NeuronRef
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -18,18 +17,11 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def explain_report(run_dir: str | Path, neuron: str, top: int = 10) -> str:
     """A neuron's explanation(s), scores and top images, as text (``neurodis explain RUN layer4/117``)."""
-    layout = RunLayout(Path(run_dir))
-    ref = NeuronRef.parse(neuron)
+    layout, spec = open_run(run_dir)
+    ref = resolve_neuron(layout, spec, neuron)
     key = (ds.field("layer") == ref.layer) & (ds.field("channel") == ref.channel)
     ex = read_table(layout, "explanations", filter=key)
-    neurons = read_table(layout, "neurons", filter=key)
-    if neurons.num_rows == 0:
-        known = sorted(set(read_table(layout, "neurons", columns=["layer"])["layer"].to_pylist()))
-        raise FileNotFoundError(
-            f"neuron {ref.layer}/{ref.channel} is not in {run_dir} (layers: {known}); "
-            "give LAYER/CHANNEL of an audited layer"
-        )
-    n = neurons.to_pylist()[0]
+    n = read_table(layout, "neurons", filter=key).to_pylist()[0]
     lines = [
         f"{ref.layer}/{ref.channel}: max {_fmt(n['max'])}, mean {_fmt(n['mean'])}"
         + ("  DEAD" if n["dead"] else "")

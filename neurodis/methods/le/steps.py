@@ -20,6 +20,7 @@ from neurodis.config import AuditSpec
 from neurodis.data.probe import ProbeRecord
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
+from neurodis.io.tables import read_table
 from neurodis.methods.embed.plan import ImageShardTask, commit_plan_units, tasks
 from neurodis.methods.embed.store import CALIBRATION_UNIT, GEOMETRY_UNIT, IMAGES_STAGE
 from neurodis.methods.embed.store import STAGE as EMBED_STAGE
@@ -36,6 +37,7 @@ from neurodis.methods.le.explanations import (
 from neurodis.methods.le.plan import ABLATION_STEP, STAGE, TI_STEP, ExplainPlan, plan_explain
 from neurodis.methods.le.scorer import score_against_truth
 from neurodis.methods.le.sources import EmbedderPlan, fit_calibration, image_concepts, share_image_units
+from neurodis.pipeline.results import count_statuses, fmt, median, status_phrase, uniform_status_warning
 from neurodis.pipeline.step import Step, Unit
 
 log = logging.getLogger(__name__)
@@ -203,7 +205,8 @@ def steps(spec: AuditSpec, layout: RunLayout) -> Generator[Step, int, dict[str, 
 
 def summary(plan: ExplainPlan, layout: RunLayout, ran: int) -> dict[str, Any]:
     """The stage's part of ``summary.json``: statuses, per (explainer, layer) scores, the split, mean
-    alpha."""
+    alpha; per explainer and layer the neurons' statuses and median test correlation from the committed
+    ``explanations`` table, and the concepts each explainer kept (``le_concepts``)."""
     metas = committed(layout, STAGE, plan.config_hash)
     status: Counter[str] = Counter()
     per: dict[str, dict[str, Any]] = {}
@@ -216,13 +219,18 @@ def summary(plan: ExplainPlan, layout: RunLayout, ran: int) -> dict[str, Any]:
                     "mean_test_corr": m.meta.get("mean_test_corr"),
                     "mean_length": m.meta.get("mean_length"),
                 }
+    results, kept = explanation_results(plan, layout)
+    for key, r in results.items():
+        per.setdefault(key, {}).update(r)
     out: dict[str, Any] = {
         "config_hash": plan.config_hash,
         "status": dict(sorted(status.items())),
         "units_run": ran,
+        "concepts_kept": kept,
         "explanations": per,
         "split": metas[SPLIT_UNIT].meta if SPLIT_UNIT in metas else {},
     }
+    out["lines"], out["warnings"] = _lines(per)
     alphas: dict[str, list[float]] = {}
     for m in committed(layout, ABLATION_STEP, plan.ablation_hash).values():
         for k, v in m.meta.items():
@@ -230,3 +238,48 @@ def summary(plan: ExplainPlan, layout: RunLayout, ran: int) -> dict[str, Any]:
                 alphas.setdefault(k[len("mean_alpha_") :], []).append(v)
     out["mean_alpha"] = {k: float(np.mean(v)) for k, v in alphas.items()}
     return out
+
+
+def explanation_results(
+    plan: ExplainPlan, layout: RunLayout
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Per ``explainer/layer``: the neurons' statuses and the median test correlation of the ``ok``
+    ones; per explainer: how many concepts passed the filter."""
+    t = read_table(layout, "explanations", columns=["layer", "explainer", "status", "test_corr"]).to_pylist()
+    concepts = read_table(layout, "le_concepts", columns=["explainer", "kept"])
+    kept: dict[str, int] = {e: 0 for e in plan.spec.explain.explainers}
+    for e, k in zip(concepts["explainer"].to_pylist(), concepts["kept"].to_pylist()):
+        kept[e] = kept.get(e, 0) + bool(k)
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in t:
+        by_key.setdefault((r["explainer"], r["layer"]), []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for e in plan.spec.explain.explainers:
+        for lp in plan.layers:
+            rows = by_key.get((e, lp.path), [])
+            out[f"{e}/{lp.path}"] = {
+                "status": count_statuses(r["status"] for r in rows),
+                "median_test_corr": median(r["test_corr"] for r in rows if r["status"] == "ok"),
+            }
+    return out, kept
+
+
+HINTS = {
+    "no_concepts": "no concept of the explainer passed the filter (lower explain.min_top5 / explain.min_std, "
+    "or give a concept set the probe images show)",
+    "empty": "no concept correlates with any neuron by explain.tolerance (a larger probe set, or concepts "
+    "closer to what the layer encodes)",
+    "constant": "the neurons do not vary over the train or val split (a larger probe set)",
+}
+
+
+def _lines(per: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    lines, warnings = [], []
+    for key, r in per.items():
+        if "status" not in r:
+            continue
+        lines.append(f"{key}: {status_phrase(r['status'])}; median test corr {fmt(r['median_test_corr'])}")
+        w = uniform_status_warning(f"explain {key}", r["status"], HINTS)
+        if w:
+            warnings.append(w)
+    return lines, warnings

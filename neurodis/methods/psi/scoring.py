@@ -65,6 +65,7 @@ class PsiPlan:
     embedder: str
     concept_set: str
     layers: tuple[LayerGeometry, ...]
+    input_size: int | None = None  # model-input side in pixels (None: a geometry committed without it)
 
     @property
     def layout(self) -> RunLayout:
@@ -98,7 +99,15 @@ def plan_psi(spec: AuditSpec, layout: RunLayout) -> PsiPlan:
         for g in geo.meta["layers"]
     )
     h = stable_hash(SCHEMA_VERSION, geo.config_hash, spec.psi)
-    return PsiPlan(str(layout.root), h, spec, geo.meta["embedder"], geo.meta["concept_set"], layers)
+    return PsiPlan(
+        str(layout.root),
+        h,
+        spec,
+        geo.meta["embedder"],
+        geo.meta["concept_set"],
+        layers,
+        geo.meta.get("input_size"),
+    )
 
 
 @dataclass(frozen=True)

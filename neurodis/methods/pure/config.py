@@ -31,7 +31,10 @@ class PureConfig:
     lower_layers: Any = ()
     rule: PureRule = "grad_x_act"
     start: PureStart = "all"
-    k: tuple[int, ...] = (2,)
+    if TYPE_CHECKING:
+        k: tuple[int, ...] = (2,)
+    else:  # a spec may give one number: ``k: 3`` means [3] (normalised in __post_init__)
+        k: tuple[int, ...] | int = (2,)
     n_init: int = 10
     seed: int = 0
     crops: bool = True
@@ -69,9 +72,12 @@ class PureConfig:
             raise SpecError("pure.layers: list at least one audited layer, or write 'all'")
         if self.n_ref < 2:
             raise SpecError("pure.n_ref must be >= 2 (k-means needs several references per neuron)")
+        if isinstance(self.k, int):
+            object.__setattr__(self, "k", (self.k,))
         if not self.k or any(k < 2 for k in self.k) or len(set(self.k)) != len(self.k):
             raise SpecError(
-                f"pure.k: list distinct cluster counts >= 2 (e.g. [2] or [2, 3, 4, 5]), got {list(self.k)}"
+                "pure.k: give a cluster count >= 2 or a list of distinct ones (e.g. 2 or [2, 3, 4, 5]), "
+                f"got {list(self.k)}"
             )
         if max(self.k) > self.n_ref:
             raise SpecError(

@@ -14,11 +14,12 @@ import numpy as np
 import pyarrow.dataset as ds
 import torch
 
-from neurodis.config import AuditSpec, load_spec
+from neurodis.config import AuditSpec
 from neurodis.data.probe import decode
 from neurodis.data.transforms import preprocess
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
+from neurodis.io.runs import open_run, resolve_neuron
 from neurodis.io.tables import read_table
 from neurodis.kernels.attribution import l1_normalise
 from neurodis.kernels.crops import Box, apply_box, crop_boxes, mask_outside
@@ -35,18 +36,9 @@ from neurodis.methods.pure.plan import ID_STRIDE, INDEX_STEP, index_unit_name
 from neurodis.models.loading import load_model, resolve_preprocess
 from neurodis.models.subnet import SubNetwork, capture
 from neurodis.pipeline.step import error_text
-from neurodis.types import NeuronRef
+from neurodis.types import NeuronRef, SpecError
 
 log = logging.getLogger(__name__)
-
-
-def open_run(run_dir: str | Path) -> tuple[RunLayout, AuditSpec]:
-    layout = RunLayout(Path(run_dir))
-    if not layout.spec_path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not a neurodis run directory (no spec.yaml); pass the --out of an audit"
-        )
-    return layout, load_spec(layout.spec_path)
 
 
 def _neuron_status(layout: RunLayout, ref: NeuronRef, k: int) -> str:
@@ -67,7 +59,7 @@ def _index(layout: RunLayout, spec: AuditSpec, ref: NeuronRef, k: int) -> tuple[
 
     m = committed(layout, INDEX_STEP).get(index_unit_name(ref.layer, k))
     if m is None:
-        raise ValueError(
+        raise SpecError(
             f"run {layout.root} has no PURE index for layer {ref.layer!r} with k={k}; run the pure stage "
             f"on that layer (pure.k = {list(spec.pure.k)})"
         )
@@ -75,7 +67,7 @@ def _index(layout: RunLayout, spec: AuditSpec, ref: NeuronRef, k: int) -> tuple[
     ids = faiss.vector_to_array(index.id_map) if index.ntotal else np.zeros(0, np.int64)  # type: ignore[attr-defined]
     n = int(((ids >= ref.channel * ID_STRIDE) & (ids < (ref.channel + 1) * ID_STRIDE)).sum())
     if n == 0:
-        raise ValueError(
+        raise SpecError(
             f"neuron {ref} has no virtual neurons with k={k} (PURE status: "
             f"{_neuron_status(layout, ref, k)}); pick another neuron"
         )
@@ -95,7 +87,7 @@ def assign(
     import faiss
 
     layout, spec = open_run(run_dir)
-    ref = NeuronRef.parse(neuron, spec.model.model_name)
+    ref = resolve_neuron(layout, spec, neuron)
     k = k if k is not None else spec.pure.k[0]
     index, meta, n_c = _index(layout, spec, ref, k)
     device = device_for(spec)
@@ -142,7 +134,7 @@ def render_crop(run_dir: str | Path, neuron: str, image_id: int, purpose: str = 
     """The ``uint8 [h, w, 3]`` crop of one reference: the stored PNG of a picture if there is one, else
     rendered from the image and the stored box (a picture's mask is recomputed from a fresh heatmap)."""
     layout, spec = open_run(run_dir)
-    ref = NeuronRef.parse(neuron, spec.model.model_name)
+    ref = resolve_neuron(layout, spec, neuron)
     f = (
         (ds.field("layer") == ref.layer)
         & (ds.field("channel") == ref.channel)

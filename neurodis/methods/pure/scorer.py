@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.dataset as ds
 
 from neurodis.data.sources import SYNTHETIC_SCHEME, parse_path
+from neurodis.io.runs import open_run
 from neurodis.io.tables import read_table
-from neurodis.methods.pure.query import open_run
 
 
 def image_concepts(paths: Sequence[str]) -> list[frozenset[str]]:

@@ -254,7 +254,8 @@ def test_status_cli_and_report(run, capsys):
     assert main(["explain", str(out), "layer2/3"]) == 0
     text = capsys.readouterr().out
     assert "layer2/3" in text and "LE(label)" in text and "top impact" in text and "top images" in text
-    assert main(["explain", str(out), "layer2/999"]) == 1
+    assert main(["explain", str(out), "layer2/999"]) == 2  # bad input: one line naming the valid channels
+    assert "layer 'layer2' has channels 0..15" in capsys.readouterr().err
 
 
 def test_resume_changes_nothing(run):
