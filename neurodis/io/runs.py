@@ -15,13 +15,19 @@ from neurodis.types import NeuronRef, SpecError
 
 def open_run(run_dir: str | Path) -> tuple[RunLayout, AuditSpec]:
     """The run's layout and stored spec; ``FileNotFoundError`` when ``run_dir`` is not a run directory."""
+    layout = run_layout(run_dir)
+    return layout, load_spec(layout.spec_path)
+
+
+def run_layout(run_dir: str | Path) -> RunLayout:
+    """The layout of an existing run directory; ``FileNotFoundError`` naming the fix otherwise."""
     layout = RunLayout(Path(run_dir))
     if not layout.spec_path.is_file():
-        what = (
-            "does not exist" if not layout.root.exists() else "is not a neurodis run directory (no spec.yaml)"
+        what = "does not exist" if not layout.root.exists() else "has no spec.yaml"
+        raise FileNotFoundError(
+            f"{run_dir} {what}: it is not a neurodis run directory; pass the --out of an audit"
         )
-        raise FileNotFoundError(f"{run_dir} {what}; pass the --out of an audit")
-    return layout, load_spec(layout.spec_path)
+    return layout
 
 
 def audited_layers(layout: RunLayout) -> dict[str, int]:

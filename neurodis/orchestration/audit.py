@@ -33,6 +33,7 @@ from neurodis.io.manifest import (
     publish_to_cache,
     remove_uncommitted,
 )
+from neurodis.io.runs import run_layout
 from neurodis.orchestration.runners import LocalRunner, Runner
 from neurodis.pipeline.method import Method
 from neurodis.pipeline.step import Resources, StageFailed, Step
@@ -363,12 +364,7 @@ def stage_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     ``planned: false``. Stages of the recorded spec come in run order, then any other stage the run
     directory holds plans for; a stage this version's registry does not know is reported from its plans
     with ``known: false``."""
-    layout = RunLayout(Path(run_dir))
-    if not layout.spec_path.is_file():
-        what = (
-            "does not exist" if not layout.root.exists() else "is not a neurodis run directory (no spec.yaml)"
-        )
-        raise FileNotFoundError(f"{run_dir} {what}; pass the --out of an audit")
+    layout = run_layout(run_dir)
     listed = _recorded_stages(layout)
     by_stage, by_name = registry.by_stage(), registry.by_name()
     on_disk = (
