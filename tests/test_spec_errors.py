@@ -14,16 +14,15 @@ from neurodis.orchestration.audit import run_audit
 from neurodis.orchestration.runners import LocalRunner
 from neurodis.types import SpecError
 
+# the README's example spec
 EXAMPLE = textwrap.dedent("""
     model:
       arch: resnet18                 # a torchvision model name, or "package.module:callable"
       checkpoint: weights/resnet18.pt  # optional state_dict, loaded with torch.load(weights_only=True)
       input_size: 224
-      preprocess: {resize: 224, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]} #
-      optional; default = the architecture's standard eval transform
+      preprocess: {resize: 224, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
     data:
-      kind: imagefolder # imagefolder (class sub-folders give labels) | manifest (CSV/Parquet of path,label) |
-      synthetic
+      kind: imagefolder              # imagefolder | manifest (CSV/Parquet of path,label) | synthetic
       root: data/probe
     layers: [layer3, layer4]         # module paths, or "all"
     stages: [forward]
@@ -157,9 +156,10 @@ class _Evil:
         ("missing", r"does not exist"),
         ("other_arch", r"does not fit model.arch .*missing keys"),
         ("shapes", r"shape mismatches \(e.g. 'fc.weight': checkpoint \(3, 16\) vs model \(5, 16\)\)"),
-        ("pickle", r"non-tensor objects that weights_only=True refuses"),
+        ("pickle", r"holds pickled Python objects, which torch.load\(weights_only=True\) refuses: .*"
+                   r"GLOBAL print was not an allowed global by default\. .*save model.state_dict\(\)"),
         ("garbage", r"not a readable torch checkpoint"),
-        ("not_dict", r"not a state_dict"),
+        ("not_dict", r"holds a list, not a state dict; save model.state_dict\(\)"),
     ],
 )
 def test_bad_checkpoints(kind, match, probe_dir: Path, tmp_path: Path):

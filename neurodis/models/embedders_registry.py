@@ -63,16 +63,14 @@ def get_embedder(
     elif name in EMBEDDERS:
         emb = EMBEDDERS[name]()
     elif ":" in name:
-        module_name, _, attr = name.partition(":")
+        from neurodis.callables import import_callable
+        from neurodis.types import SpecError
+
         try:
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(
-                f"embedder {name!r}: cannot import {attr!r} from {module_name!r} ({e})"
-            ) from None
-        emb = obj()
+            factory = import_callable(name, "embedder")
+        except SpecError as e:  # a plain ValueError: the caller prefixes its spec key
+            raise ValueError(str(e)) from None
+        emb = factory()
     else:
         import difflib
 
