@@ -73,6 +73,7 @@ def import_callable(ref: str, key: str) -> Any:
     top = module_name.split(".")[0]
     folders = search_folders()
     _on_sys_path(folders)
+    importlib.invalidate_caches()  # a file written since the folder was last listed is found too
     local = None if top in sys.modules else importlib.machinery.PathFinder.find_spec(top, folders)
     try:
         module = importlib.import_module(module_name)

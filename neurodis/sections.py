@@ -52,9 +52,11 @@ class PreprocessConfig:
 class TransformPreprocess(PreprocessConfig):
     """``model.transform`` resolved: the named transform makes every model input; ``crop`` is the side
     of its output, and ``resize``/``mean``/``std`` describe it for mapping activation sites back to
-    image pixels and for drawing model inputs (``neurodis.data.transforms.describe_transform``)."""
+    image pixels and for drawing model inputs; ``fingerprint`` digests its outputs on fixed test
+    images, so a changed transform changes the config hash (``data.transforms.describe_transform``)."""
 
     transform: str = ""
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

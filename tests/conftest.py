@@ -58,6 +58,17 @@ def transform():
     )
 
 
+def transform_bicubic():  # the same numbers as transform(), another resampling filter
+    return T.Compose(
+        [
+            T.Resize(40, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(32),
+            T.ToTensor(),
+            T.Normalize([0.4, 0.5, 0.6], [0.2, 0.25, 0.3]),
+        ]
+    )
+
+
 def squash():  # no readable geometry: every image squashed to 32 x 32
     to_tensor = T.ToTensor()
     return lambda image: to_tensor(image.resize((32, 32)))

@@ -156,8 +156,11 @@ class _Evil:
         ("missing", r"does not exist"),
         ("other_arch", r"does not fit model.arch .*missing keys"),
         ("shapes", r"shape mismatches \(e.g. 'fc.weight': checkpoint \(3, 16\) vs model \(5, 16\)\)"),
-        ("pickle", r"holds pickled Python objects, which torch.load\(weights_only=True\) refuses: .*"
-                   r"GLOBAL print was not an allowed global by default\. .*save model.state_dict\(\)"),
+        (
+            "pickle",
+            r"holds pickled Python objects, which torch.load\(weights_only=True\) refuses: .*"
+            r"GLOBAL print was not an allowed global by default\. .*save model.state_dict\(\)",
+        ),
         ("garbage", r"not a readable torch checkpoint"),
         ("not_dict", r"holds a list, not a state dict; save model.state_dict\(\)"),
     ],

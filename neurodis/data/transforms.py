@@ -9,6 +9,7 @@ torchvision's. A spec-named transform (``model.transform``) is applied to the PI
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -116,13 +117,15 @@ def describe_transform(ref: str) -> TransformPreprocess:
     S, i.e. the transform is taken to show the centred square of the image (receptive-field patches in
     image pixels assume that geometry). ``mean``/``std``: measured from its output on black and white
     images (ImageNet statistics when the output is not a per-channel affine map of the pixels); they
-    only turn model inputs back into pictures.
+    only turn model inputs back into pictures. ``fingerprint``: a digest of its outputs on the test
+    images (to 4 decimals), so that editing the transform changes the stages' config hashes.
     """
     from PIL import Image
 
     t = load_transform(ref)
     rng = np.random.default_rng(0)
     sides = set()
+    digest = hashlib.sha256()
     for h, w in PROBE_SHAPES:
         image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         try:
@@ -132,7 +135,10 @@ def describe_transform(ref: str) -> TransformPreprocess:
                 f"{TRANSFORM_KEY} {ref!r} failed on a {w}x{h} RGB PIL image ({type(e).__name__}: {e}); it "
                 "must take a PIL image and return a tensor"
             ) from None
-        sides.add(model_input(out, ref).shape[1])
+        x = model_input(out, ref)
+        sides.add(x.shape[1])
+        digest.update(f"{list(x.shape)}".encode())
+        digest.update(x.mul(1e4).round().to(torch.int64).numpy().tobytes())  # 4 decimals: not last bits
     if len(sides) != 1:
         raise SpecError(
             f"{TRANSFORM_KEY} {ref!r} returned images of sides {sorted(sides)} for inputs of different "
@@ -150,7 +156,14 @@ def describe_transform(ref: str) -> TransformPreprocess:
             side,
         )
     mean, std = _measured_stats(t, ref)
-    return TransformPreprocess(resize=resize or side, crop=side, mean=mean, std=std, transform=ref)
+    return TransformPreprocess(
+        resize=resize or side,
+        crop=side,
+        mean=mean,
+        std=std,
+        transform=ref,
+        fingerprint=digest.hexdigest()[:16],
+    )
 
 
 def _side(size: Any) -> int | None:

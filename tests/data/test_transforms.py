@@ -16,7 +16,7 @@ from torchvision import models, transforms
 
 from neurodis.config import spec_from_dict
 from neurodis.data.probe import decode
-from neurodis.data.transforms import describe_transform, preprocess
+from neurodis.data.transforms import describe_transform, load_transform, preprocess
 from neurodis.io.tables import read_table
 from neurodis.models.loading import resolve_preprocess
 from neurodis.models.tiny import TinyCNN
@@ -134,6 +134,19 @@ def test_a_torchvision_preset_is_described_by_numbers_that_reproduce_it(photos, 
         want = t(_pil(p))
         assert torch.equal(preprocess(decode(str(p)), desc), want)
         torch.testing.assert_close(preprocess(decode(str(p)), builtin), want, rtol=0, atol=1e-5)
+
+
+def test_an_edited_transform_changes_the_description(user_module: str):
+    """The description enters every stage's config hash: a transform with the same numbers but other
+    outputs (another resampling filter) differs in its fingerprint, so its outputs are never reused."""
+    a, b = (
+        describe_transform(f"{user_module}:transform"),
+        describe_transform(f"{user_module}:transform_bicubic"),
+    )
+    assert (a.resize, a.crop, a.mean, a.std) == (b.resize, b.crop, b.mean, b.std)
+    assert a.fingerprint != b.fingerprint and a != b
+    load_transform.cache_clear()  # built again: the same description
+    assert describe_transform(f"{user_module}:transform") == a
 
 
 def test_the_forward_stage_runs_the_named_transform(photos, user_module: str, tmp_path: Path):
