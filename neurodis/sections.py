@@ -15,7 +15,11 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from neurodis.callables import is_reference
 from neurodis.types import SpecError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DataKind = Literal["imagefolder", "manifest", "synthetic"]
 ProbeLabels = Literal["given", "predicted"]
@@ -24,12 +28,13 @@ Device = Literal["auto", "cpu", "cuda"]
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Eval transform: resize the shorter side, centre-crop, normalise."""
+    """Eval transform: resize the shorter side, centre-crop, normalise (torchvision's standard eval
+    transform on a PIL image)."""
 
     resize: int
     crop: int
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         if self.resize <= 0 or self.crop <= 0:
@@ -45,14 +50,28 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class TransformPreprocess(PreprocessConfig):
+    """``model.transform`` resolved: the named transform makes every model input; ``crop`` is the side
+    of its output, and ``resize``/``mean``/``std`` describe it for mapping activation sites back to
+    image pixels and for drawing model inputs; ``fingerprint`` digests its outputs on fixed test
+    images, so a changed transform changes the config hash (``data.transforms.describe_transform``)."""
+
+    transform: str = ""
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """The audited model: a torchvision name or ``package.module:callable``, plus optional weights."""
+    """The audited model: a torchvision name or ``package.module:callable``, plus optional weights and
+    either the built-in eval transform's numbers (``preprocess``) or the model's own transform
+    (``transform``: ``package.module:callable`` returning a callable PIL image -> tensor)."""
 
     arch: str
     checkpoint: str | None = None
     input_size: int = 224
     preprocess: PreprocessConfig | None = None
     name: str | None = None
+    transform: str | None = None
 
     def __post_init__(self) -> None:
         if not self.arch or not isinstance(self.arch, str):
@@ -60,12 +79,7 @@ class ModelConfig:
                 "model.arch: give a torchvision model name (e.g. resnet18) or 'package.module:callable'"
             )
         if ":" in self.arch:
-            module, _, attr = self.arch.partition(":")
-            if (
-                not module
-                or not attr
-                or not all(p.isidentifier() for p in module.split(".") + attr.split("."))
-            ):
+            if not is_reference(self.arch):
                 raise SpecError(
                     f"model.arch {self.arch!r}: a builder must look like 'package.module:callable'"
                 )
@@ -75,6 +89,17 @@ class ModelConfig:
             )
         if self.input_size <= 0:
             raise SpecError("model.input_size must be a positive pixel size")
+        if self.transform is not None:
+            if not is_reference(self.transform):
+                raise SpecError(
+                    f"model.transform {self.transform!r}: name a zero-argument function as "
+                    "'package.module:callable' that returns the eval transform (PIL image -> tensor)"
+                )
+            if self.preprocess is not None:
+                raise SpecError(
+                    "model.transform replaces model.preprocess: give one of them (the transform's own "
+                    "resize, crop and normalisation are used)"
+                )
 
     @property
     def model_name(self) -> str:

@@ -14,6 +14,7 @@ from neurodis.orchestration.audit import run_audit
 from neurodis.orchestration.runners import LocalRunner
 from neurodis.types import SpecError
 
+# the README's example spec
 EXAMPLE = textwrap.dedent("""
     model:
       arch: resnet18                 # a torchvision model name, or "package.module:callable"
@@ -154,9 +155,13 @@ class _Evil:
         ("missing", r"does not exist"),
         ("other_arch", r"does not fit model.arch .*missing keys"),
         ("shapes", r"shape mismatches \(e.g. 'fc.weight': checkpoint \(3, 16\) vs model \(5, 16\)\)"),
-        ("pickle", r"non-tensor objects that weights_only=True refuses"),
+        (
+            "pickle",
+            r"holds pickled Python objects, which torch.load\(weights_only=True\) refuses: .*"
+            r"GLOBAL print was not an allowed global by default\. .*save model.state_dict\(\)",
+        ),
         ("garbage", r"not a readable torch checkpoint"),
-        ("not_dict", r"not a state_dict"),
+        ("not_dict", r"holds a list, not a state dict; save model.state_dict\(\)"),
     ],
 )
 def test_bad_checkpoints(kind, match, probe_dir: Path, tmp_path: Path):

@@ -51,17 +51,15 @@ OPEN_CLIP_PREFIX = "open_clip:"  # "open_clip:<model>": any open_clip model (neu
 
 
 def _import_callable(name: str) -> Any:
-    """The object at ``package.module:callable`` (imported, never evaluated); ValueError naming it."""
-    module_name, _, attr = name.partition(":")
+    """The object at ``package.module:callable`` (imported, never evaluated; modules of the working
+    directory too, see ``neurodis.callables``); ValueError naming it."""
+    from neurodis.callables import import_callable
+    from neurodis.types import SpecError
+
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"embedder {name!r}: cannot import {attr!r} from {module_name!r} ({e})") from None
-    if not callable(obj):
-        raise ValueError(f"embedder {name!r}: {attr!r} is not callable")
-    return obj
+        return import_callable(name, "embedder")
+    except SpecError as e:  # a plain ValueError: the caller prefixes its spec key
+        raise ValueError(str(e)) from None
 
 
 def _unknown(name: str) -> str:

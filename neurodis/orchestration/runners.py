@@ -11,6 +11,7 @@ import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from neurodis.callables import search_folders, use_driver_folders
 from neurodis.pipeline.step import Resources
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,19 @@ class _ActorAdapter:
     """Ray Data callable class: builds the worker once per actor, runs one item per batch row."""
 
     def __init__(
-        self, factory: Callable[[], Any], method: str, threads: int, counter: Any, retries: int
+        self,
+        factory: Callable[[], Any],
+        method: str,
+        threads: int,
+        counter: Any,
+        retries: int,
+        folders: list[str],
     ) -> None:
         import ray
         import torch
 
         torch.set_num_threads(max(1, threads))
+        use_driver_folders(folders)  # spec-named modules import from the driver's folders
         self.worker = factory()
         self.method = method
         self.counter, self.retries = counter, retries
@@ -120,6 +128,12 @@ class _ActorAdapter:
             r["placement"] = self.placement
             results.append(pickle.dumps(r))
         return {"result": results}
+
+
+def _call_with_driver_folders(folders: list[str], fn: Callable[..., Any], *args: Any) -> Any:
+    """Ray task body: ``fn(*args)`` with spec-named modules importable from the driver's folders."""
+    use_driver_folders(folders)
+    return fn(*args)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -201,7 +215,7 @@ class RayRunner:
         counter: Any = self.ray.remote(_AttemptCounter).options(num_cpus=0, scheduling_strategy=here).remote()
         out = ds.map_batches(
             _ActorAdapter,
-            fn_constructor_args=(factory, method, resources.threads, counter, self.retries),
+            fn_constructor_args=(factory, method, resources.threads, counter, self.retries, search_folders()),
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
@@ -226,12 +240,14 @@ class RayRunner:
         }
         if self.runtime_env:
             options["runtime_env"] = self.runtime_env
-        remote = self.ray.remote(**options)(fn)
+        name = getattr(fn, "__qualname__", "task")
+        remote = self.ray.remote(**options)(_call_with_driver_folders).options(name=name)
+        folders = search_folders()
         limit = self.max_in_flight or max(2, int(self.ray.cluster_resources().get("CPU", 2)) * 2)
         pending: list[Any] = []
         queue = list(items)
         while queue or pending:
             while queue and len(pending) < limit:
-                pending.append(remote.remote(*queue.pop(0)))
+                pending.append(remote.remote(folders, fn, *queue.pop(0)))
             ready, pending = self.ray.wait(pending, num_returns=1)
             yield self.ray.get(ready[0])

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from neurodis.io.tables import read_table
-from tests.conftest import write_images
+from tests.conftest import USER_MODULE, write_images
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -37,10 +37,12 @@ def _free_port() -> int:
 
 
 def _run(args: list[str], timeout: int = 180, **kw) -> subprocess.CompletedProcess:
-    """Run a command; a job submission that finds the head's job agent not up yet is retried."""
+    """Run a command; a job submission that finds the head's dashboard or job agent not up yet (they
+    start after the GCS that `ray status` answers from) is retried."""
+    not_up = ("No available agent to submit job", "Failed to connect to Ray at address")
     for _ in range(20):
         r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
-        if "No available agent to submit job" not in r.stdout + r.stderr:
+        if not any(text in r.stdout + r.stderr for text in not_up):
             return r
         time.sleep(3)
     return r
@@ -230,6 +232,33 @@ def test_ray_job_submit_runs_an_audit_on_a_real_head(tmp_path: Path):
         line = next(x for x in listing.stdout.splitlines() if x.startswith("LISTING"))
         assert "'neurodis'" in line and "'jobs'" in line
         assert "'.venv'" not in line and "'runs'" not in line and "'.git'" not in line
+        # a user's own model file in the uploaded working dir: the driver (the `neurodis` console script,
+        # which puts no current directory on the import path) and the Ray workers import it
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "mymodel_job.py").write_text(USER_MODULE)
+        write_images(project / "probe", per_class=2, size=(45, 38))
+        (project / "spec.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "model": {"arch": "mymodel_job:build", "transform": "mymodel_job:transform"},
+                    "data": {"kind": "imagefolder", "root": "probe"},
+                    "layers": ["layer1"],
+                    "forward": {"top_k": 2, "shard_size": 2},
+                    "output": str(tmp_path / "run3"),
+                }
+            )
+        )
+        user = _run(
+            [RAY, "job", "submit", "--address", address, "--working-dir", str(project), "--"]
+            + ["neurodis", "audit", "spec.yaml"],
+            timeout=300,
+            env=env,
+            cwd=project,
+        )
+        assert user.returncode == 0, (user.stdout + user.stderr)[-3000:]
+        assert "forward: 4 images, 0 rejected, 1 layers" in user.stdout, user.stdout[-3000:]
+        assert read_table(tmp_path / "run3", "references").num_rows == 8 * 2  # 8 channels, top 2
         # without the token the head refuses the job
         no_token = {**env, "RAY_AUTH_TOKEN": "wrong-token"}
         refused = _run([RAY, "job", "list", "--address", address], env=no_token)

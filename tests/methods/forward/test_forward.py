@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+from torchvision import transforms
 
 from neurodis.config import spec_from_dict
 from neurodis.io.tables import read_table
@@ -38,23 +38,19 @@ def make_spec(probe: Path, out: Path, layers=LAYERS, **forward):
 
 
 def oracle(probe: Path, layers=LAYERS):
-    """Brute force: torchvision transforms + plain hooks + python loops."""
+    """Brute force: torchvision's standard eval transform on PIL images + plain hooks + python loops."""
     paths = sorted(str(p) for p in probe.rglob("*.png"))
     model = tiny_cnn().eval()
     pre = model.preprocess_config
-    t = v2.Compose(
+    t = transforms.Compose(
         [
-            v2.Resize(pre["resize"], antialias=True),
-            v2.CenterCrop(pre["crop"]),
-            v2.Normalize(pre["mean"], pre["std"]),
+            transforms.Resize(pre["resize"]),
+            transforms.CenterCrop(pre["crop"]),
+            transforms.ToTensor(),
+            transforms.Normalize(pre["mean"], pre["std"]),
         ]
     )
-    x = torch.stack(
-        [
-            t(torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255)
-            for p in paths
-        ]
-    )
+    x = torch.stack([t(Image.open(p).convert("RGB")) for p in paths])
     outs = brute.full_outputs(model, x, layers)
     return paths, {layer: brute.summaries(outs[layer]) for layer in layers}
 
