@@ -48,6 +48,12 @@ def _run(args: list[str], timeout: int = 180, **kw) -> subprocess.CompletedProce
     return r
 
 
+def _submit(address: str, spec: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
+    """`ray job submit` of `neurodis audit SPEC` with the repository as the job's working dir."""
+    command = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), *options]
+    return _run([*command, "--", "neurodis", "audit", str(spec)], timeout=300, env=env, cwd=ROOT)
+
+
 def _processes_naming(text: str) -> list[int]:
     """Pids whose command line contains ``text`` (Linux /proc)."""
     pids = []
@@ -136,24 +142,7 @@ def test_ray_job_submit_runs_an_audit_on_a_real_head(tmp_path: Path):
             up = _run([RAY, "status", f"--address=127.0.0.1:{gcs}"], env=env)
         assert up.returncode == 0 and head.poll() is None, (up.stdout + up.stderr)[-2000:]
         address = f"http://127.0.0.1:{dash}"
-        sub = _run(
-            [
-                RAY,
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                str(ROOT),
-                "--",
-                "neurodis",
-                "audit",
-                str(spec),
-            ],
-            timeout=300,
-            env=env,
-            cwd=ROOT,
-        )
+        sub = _submit(address, spec, env)
         assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
         job_id = next(
             line.split("'")[1] for line in sub.stdout.splitlines() if "submitted successfully" in line
@@ -165,48 +154,18 @@ def test_ray_job_submit_runs_an_audit_on_a_real_head(tmp_path: Path):
         # a driver killed mid-run (SIGKILL after its first shard) is resumed by re-submitting the job
         spec2 = tmp_path / "spec2.yaml"
         spec2.write_text(spec.read_text().replace(str(tmp_path / "run"), str(tmp_path / "run2")))
-        killed = _run(
-            [
-                RAY,
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                str(ROOT),
-                "--runtime-env-json",
-                json.dumps({"env_vars": {"NEURODIS_FAULT_KILL_DRIVER_AFTER": "1"}}),
-                "--",
-                "neurodis",
-                "audit",
-                str(spec2),
-            ],
-            timeout=300,
-            env=env,
-            cwd=ROOT,
+        killed = _submit(
+            address,
+            spec2,
+            env,
+            "--runtime-env-json",
+            json.dumps({"env_vars": {"NEURODIS_FAULT_KILL_DRIVER_AFTER": "1"}}),
         )
         assert killed.returncode != 0
         manifests = tmp_path / "run2" / "_manifests" / "forward"
         done_before = len(list(manifests.glob("shard-*.json")))
         assert done_before >= 1 and not list(manifests.glob("merge.*.json"))  # killed mid-stage
-        again = _run(
-            [
-                RAY,
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                str(ROOT),
-                "--",
-                "neurodis",
-                "audit",
-                str(spec2),
-            ],
-            timeout=300,
-            env=env,
-            cwd=ROOT,
-        )
+        again = _submit(address, spec2, env)
         assert again.returncode == 0, again.stdout[-2000:]
         assert f"{2 - done_before} shards computed this run" in again.stdout, again.stdout[-2000:]
         for t in ("references", "neurons", "activations", "images"):
