@@ -86,6 +86,39 @@ def distance_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def silhouette(dist: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette of a partition from a distance matrix ``[n, n]``: per point ``(b - a) / max(a, b)``
+    with ``a`` its mean distance to the rest of its cluster and ``b`` the smallest mean distance to
+    another cluster; a point alone in its cluster scores 0 (scikit-learn's convention). NaN with fewer than
+    two clusters or as many clusters as points."""
+    labels = np.asarray(labels)
+    ks = np.unique(labels)
+    n = len(labels)
+    if len(ks) < 2 or len(ks) >= n:
+        return math.nan
+    onehot = labels[:, None] == ks[None, :]  # [n, K]
+    sums = dist @ onehot  # [n, K] summed distance to each cluster
+    sizes = onehot.sum(0).astype(np.float64)
+    own = onehot.argmax(1)
+    own_size = sizes[own]
+    a = np.where(own_size > 1, sums[np.arange(n), own] / np.maximum(own_size - 1, 1), 0.0)
+    means = sums / sizes[None, :]
+    means[np.arange(n), own] = np.inf
+    b = means.min(1)
+    denom = np.maximum(a, b)
+    s = np.where((own_size > 1) & (denom > 0), (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
+    return float(s.mean())
+
+
+def choose_k(results: list[MethodResult], method: str) -> int | None:
+    """PURE's rule for the number of virtual neurons: among the 'ok' partitions of ``method`` over the
+    swept k, the one with the highest mean silhouette (Euclidean, in the method's feature space); ties go
+    to the smaller k. None when no partition is 'ok' or no silhouette is defined."""
+    scored = [(r.silhouette, -r.k) for r in results if r.method == method and r.status == "ok"]
+    scored = [s for s in scored if math.isfinite(s[0])]
+    return -max(scored)[1] if scored else None
+
+
 def mean_and_se(values: np.ndarray) -> tuple[float, float, int]:
     """Mean, standard error of the mean (sample std with ddof=1, divided by sqrt(n)) and n over the
     finite values. The public PURE code divides the std by n instead of sqrt(n)."""
@@ -111,6 +144,7 @@ class MethodResult(NamedTuple):
     inter: float
     overall: float
     corr_embedding: float
+    silhouette: float = math.nan  # mean Euclidean silhouette in the method's feature space
 
 
 ZERO_STATUS = {"pure": "zero_attribution", "activation": "zero_activation", "embedding": "zero_embedding"}
@@ -149,10 +183,12 @@ def evaluate_neuron(
     ]
     for method, x in feats.items():
         corr = math.nan
+        own = pairwise_distances(x)
         if dist is not None and method != "embedding":
-            corr = distance_correlation(pairwise_distances(x), dist)
+            corr = distance_correlation(own, dist)
         for k in ks:
             cl = kmeans(x, k, n_init, seed, ZERO_STATUS.get(method, "degenerate"))
+            sil = silhouette(own, cl.labels) if cl.status == "ok" else math.nan
             intra, inter = (
                 intra_inter(dist, cl.labels)
                 if (dist is not None and cl.status == "ok")
@@ -160,7 +196,7 @@ def evaluate_neuron(
             )
             out.append(
                 MethodResult(
-                    method, k, cl.status, cl.labels, cl.centers, cl.inertia, intra, inter, overall, corr
+                    method, k, cl.status, cl.labels, cl.centers, cl.inertia, intra, inter, overall, corr, sil
                 )
             )
     return out

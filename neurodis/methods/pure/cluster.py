@@ -28,7 +28,7 @@ import pyarrow.dataset as ds
 from neurodis.io.layout import RunLayout, safe_name
 from neurodis.io.manifest import committed
 from neurodis.io.tables import read_table
-from neurodis.kernels.clustering import MethodResult, evaluate_neuron, mean_and_se
+from neurodis.kernels.clustering import MethodResult, choose_k, evaluate_neuron, mean_and_se
 from neurodis.methods.pure.plan import (
     ATTR_STEP,
     CLUSTER_STEP,
@@ -94,6 +94,8 @@ def _status_rows(
             "overall": None,
             "corr_embedding": None,
             "inertia": None,
+            "silhouette": None,
+            "selected": False,
         }
         for r in rows
     ]
@@ -112,6 +114,7 @@ def _result_rows(
     results: list[MethodResult],
     out: dict[str, list[dict[str, Any]]],
 ) -> None:
+    chosen = {m: choose_k(results, m) for m in {r.method for r in results}}
     for r in results:
         sizes = np.bincount(r.labels, minlength=r.k).astype(int).tolist() if r.status == "ok" else []
         out["summary"].append(
@@ -128,6 +131,8 @@ def _result_rows(
                 "overall": _nan_to_none(r.overall),
                 "corr_embedding": _nan_to_none(r.corr_embedding),
                 "inertia": _nan_to_none(r.inertia),
+                "silhouette": _nan_to_none(r.silhouette),
+                "selected": r.method == "none" or chosen[r.method] == r.k,
             }
         )
         if r.status != "ok" or r.method == "none":

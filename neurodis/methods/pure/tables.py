@@ -124,6 +124,17 @@ PURE_SUMMARY = table_spec(
             "distances and embedding distances ('pure' and 'activation' only)",
         ),
         ("inertia", pa.float64(), "k-means inertia"),
+        (
+            "silhouette",
+            pa.float64(),
+            "mean Euclidean silhouette of the partition in the method's feature space (null unless ok)",
+        ),
+        (
+            "selected",
+            pa.bool_(),
+            "true for the k PURE's rule picks for this neuron and method: the highest silhouette over "
+            "pure.k (ties: smaller k); always true for 'none'",
+        ),
     ],
 )
 
