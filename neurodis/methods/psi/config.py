@@ -71,7 +71,8 @@ class PsiConfig:
                 raise SpecError(f"psi.{key} must be a positive integer")
         if self.n_boot != 0 and self.n_boot < MIN_BOOT:
             raise SpecError(
-                f"psi.n_boot={self.n_boot}: use 0 (no intervals) or at least {MIN_BOOT} resamples (default 50)"
+                f"psi.n_boot={self.n_boot}: use 0 (no intervals) or at least {MIN_BOOT} resamples "
+                "(default 50)"
             )
         if self.null_neurons < 0 or self.eps < 0:
             raise SpecError("psi.null_neurons and psi.eps must be >= 0")

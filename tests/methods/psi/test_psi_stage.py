@@ -182,7 +182,14 @@ def test_score_against_truth(run):
         + [{"layer": "layer2", "channel": ch[5], "kind": "linear"}],
     }
     got = score_against_truth(run, truth)
-    assert got == {"n_poly": 4, "n_mono": 4, "n_unscored": 0, "auroc_poly_vs_mono": 1.0}
+    assert got == {
+        "n_poly": 4,
+        "n_mono": 4,
+        "n_unscored": 0,
+        "auroc_poly_vs_mono": 1.0,
+        "auroc_ci_low": 1.0,
+        "auroc_ci_high": 1.0,
+    }
 
 
 @pytest.mark.ray
