@@ -32,6 +32,23 @@ NEURON_DIFF = table_spec(
         ("psi_a", pa.float64(), "PSI in A"),
         ("psi_b", pa.float64(), "PSI in B"),
         ("d_psi", pa.float64(), "psi_b - psi_a"),
+        ("log_psi_a", pa.float64(), "log PSI in A"),
+        ("log_psi_b", pa.float64(), "log PSI in B"),
+        ("log_psi_ci_low_a", pa.float64(), "lower end of A's bootstrap 95 % interval of log PSI"),
+        ("log_psi_ci_high_a", pa.float64(), "upper end of A's interval"),
+        ("log_psi_ci_low_b", pa.float64(), "lower end of B's interval"),
+        ("log_psi_ci_high_b", pa.float64(), "upper end of B's interval"),
+        (
+            "psi_by_interval",
+            pa.bool_(),
+            "both runs have an interval for this neuron, so psi_changed uses them",
+        ),
+        (
+            "psi_changed",
+            pa.bool_(),
+            "with intervals in both runs: the two intervals do not overlap; otherwise: log PSI differs at "
+            "all (the rule before intervals); null unless both runs scored the neuron",
+        ),
         ("pure_split_a", pa.float64(), "PURE inter - intra embedding distance in A (smallest k)"),
         ("pure_split_b", pa.float64(), "the same in B"),
         ("explanation_a", pa.string(), "linear explanation's concepts in A, joined by ' + '"),

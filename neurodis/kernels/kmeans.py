@@ -124,12 +124,20 @@ def cosine_distances(x: torch.Tensor) -> torch.Tensor:
     return dist
 
 
-def silhouette(dist: torch.Tensor, labels: torch.Tensor, k_max: int) -> torch.Tensor:
+def silhouette(
+    dist: torch.Tensor, labels: torch.Tensor, k_max: int, copies: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean silhouette coefficient of each labelling, scikit-learn's definition.
 
     dist: ``[B, n, n]`` precomputed distances shared by the ``R`` labellings of a problem;
     labels: ``[B, R, n]`` in ``0..k_max-1`` (empty clusters allowed). A point alone in its cluster
     scores 0; a labelling with fewer than two non-empty clusters scores 0. Returns ``[B, R]``.
+
+    copies (``[B, n]``, for bootstrap resamples): how many rows of the problem are copies of the same
+    original point as row ``i`` (itself included). A point's own copies are left out of its
+    within-cluster mean ``a`` -- it is the weighted silhouette of the distinct points, weighted by
+    multiplicity -- so duplicates do not pull ``a`` towards 0; a point whose cluster holds only its own
+    copies scores 0, like a singleton. Copies must share a label (k-means gives identical rows one).
     """
     b, r, n = labels.shape
     onehot = torch.nn.functional.one_hot(labels, k_max).to(dist.dtype)  # [B, R, n, k]
@@ -137,6 +145,8 @@ def silhouette(dist: torch.Tensor, labels: torch.Tensor, k_max: int) -> torch.Te
     counts = onehot.sum(2)  # [B, R, k]
     own = labels.unsqueeze(-1)
     own_count = counts.gather(-1, labels)  # [B, R, n]
+    if copies is not None:
+        own_count = own_count - (copies.to(dist.dtype).unsqueeze(1) - 1.0)  # others = distinct points
     a = sums.gather(-1, own).squeeze(-1) / (own_count - 1.0).clamp_min(1.0)
     mean_to = sums / counts.unsqueeze(2).clamp_min(1.0)
     inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)

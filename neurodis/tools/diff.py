@@ -95,6 +95,30 @@ def _explanations(run: Path) -> dict[tuple[str, int], str]:
     return out
 
 
+PSI_COLUMNS = ("log_psi", "log_psi_ci_low", "log_psi_ci_high")
+
+
+def _psi(t: pa.Table | None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per neuron: psi, log PSI and its interval (absent columns, from runs before intervals: None)."""
+    if t is None:
+        return {}
+    have = [c for c in ("psi", *PSI_COLUMNS) if c in t.schema.names]
+    return _by_neuron(t, have)
+
+
+def psi_change(row: dict[str, Any]) -> tuple[bool | None, bool | None]:
+    """(whether both runs have an interval, whether log PSI changed): with intervals in both runs the
+    change counts only when the two 95 % intervals do not overlap; without, any difference counts (the
+    rule before intervals). ``(None, None)`` unless both runs have a log PSI."""
+    a, b = row["log_psi_a"], row["log_psi_b"]
+    if a is None or b is None:
+        return None, None
+    lo_a, hi_a, lo_b, hi_b = (row[f"log_psi_ci_{e}_{r}"] for r in "ab" for e in ("low", "high"))
+    if None in (lo_a, hi_a, lo_b, hi_b):
+        return False, a != b
+    return True, bool(lo_b > hi_a or hi_b < lo_a)
+
+
 def diff_runs(run_a: str | Path, run_b: str | Path, out: str | Path) -> dict[str, Any]:
     """Compare two audits; writes ``out/neuron_diff.parquet`` and ``out/diff_summary.txt``."""
     a, b, out = Path(run_a), Path(run_b), Path(out)
@@ -114,8 +138,7 @@ def diff_runs(run_a: str | Path, run_b: str | Path, out: str | Path) -> dict[str
     ra, rb = _references(a), _references(b)
     pa_ = _optional(a, "psi")
     pb_ = _optional(b, "psi")
-    psi_a = {k: v["psi"] for k, v in _by_neuron(pa_, ["psi"]).items()} if pa_ is not None else {}
-    psi_b = {k: v["psi"] for k, v in _by_neuron(pb_, ["psi"]).items()} if pb_ is not None else {}
+    psi_a, psi_b = _psi(pa_), _psi(pb_)
     split_a, split_b = _pure_split(a), _pure_split(b)
     pure_status = (_pure_status(a), _pure_status(b))
     expl_a, expl_b = _explanations(a), _explanations(b)
@@ -136,14 +159,16 @@ def diff_runs(run_a: str | Path, run_b: str | Path, out: str | Path) -> dict[str
             "max_a": na[k]["max"],
             "max_b": nb[k]["max"],
             "reference_overlap": jaccard(k),
-            "psi_a": psi_a.get(k),
-            "psi_b": psi_b.get(k),
+            "psi_a": psi_a.get(k, {}).get("psi"),
+            "psi_b": psi_b.get(k, {}).get("psi"),
+            **{f"{c}_{r}": v.get(k, {}).get(c) for r, v in (("a", psi_a), ("b", psi_b)) for c in PSI_COLUMNS},
             "pure_split_a": split_a.get(k),
             "pure_split_b": split_b.get(k),
             "explanation_a": expl_a.get(k),
             "explanation_b": expl_b.get(k),
         }
         row["d_psi"] = None if row["psi_a"] is None or row["psi_b"] is None else row["psi_b"] - row["psi_a"]
+        row["psi_by_interval"], row["psi_changed"] = psi_change(row)
         row["explanation_changed"] = None if k not in expl_a or k not in expl_b else expl_a[k] != expl_b[k]
         for n in cols:
             cols[n].append(row[n])
@@ -184,6 +209,8 @@ def _summarise(
         "mean_reference_overlap": float(np.mean(overlap)) if overlap else None,
         "psi_compared": len(dpsi),
         "mean_abs_d_psi": float(np.mean([x[0] for x in dpsi])) if dpsi else None,
+        "psi_changed": int(sum(c for c in d["psi_changed"] if c is not None)),
+        "psi_by_interval": int(sum(c for c in d["psi_by_interval"] if c is not None)),
         "pure_compared": len(splits),
         "mean_d_pure_split": float(np.mean(splits)) if splits else None,
         "pure_status_compared": 0,
@@ -213,6 +240,10 @@ def _summarise(
         lines.append(
             f"PSI: mean |dPSI| {s['mean_abs_d_psi']:.3f}; largest: "
             + ", ".join(f"{layer}/{ch} {x:+.3f}" for _, layer, ch, x in top)
+        )
+        lines.append(
+            f"PSI changed for {s['psi_changed']} of {len(dpsi)} neurons ({s['psi_by_interval']} judged by "
+            "non-overlapping 95 % intervals, the rest by any difference)"
         )
     else:
         lines.append("PSI: not computed in both runs")

@@ -14,6 +14,7 @@ SNullMode = Literal["gaussian", "row_rotation", "paper_rotation"]
 DNullMode = Literal["random_partition", "reference", "paper_shuffle"]
 DOver = Literal["concepts", "prompts"]
 NullNeurons = Literal["randomised", "random_sites"]
+MIN_BOOT = 20  # below this a 2.5 % percentile is just the smallest draw or two
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class PsiConfig:
     AUROCs and the null log-PSI centre: ``randomised`` (real neurons with their patch embeddings replaced by
     a unimodal draw with the same mean and covariance and their labels permuted: chance by construction)
     or ``random_sites`` (patches of random probe sites; these look *more* polysemantic than real neurons,
-    see docs/psi.md)."""
+    see docs/psi.md). ``n_boot``: bootstrap resamples of each neuron's sites for the 95 % interval of its
+    log PSI (0: off; otherwise at least ``MIN_BOOT``)."""
 
     top_k: int = 50
     k_range: tuple[int, ...] = (2, 3, 4, 5)
@@ -38,6 +40,7 @@ class PsiConfig:
     null_kind: NullNeurons = "randomised"
     channels_per_unit: int = 256
     eps: float = 1e-6
+    n_boot: int = 50
     seed: int = 0
 
     @property
@@ -66,6 +69,11 @@ class PsiConfig:
         for key in ("n_init", "max_iter", "channels_per_unit"):
             if getattr(self, key) <= 0:
                 raise SpecError(f"psi.{key} must be a positive integer")
+        if self.n_boot != 0 and self.n_boot < MIN_BOOT:
+            raise SpecError(
+                f"psi.n_boot={self.n_boot}: use 0 (no intervals) or at least {MIN_BOOT} resamples "
+                "(default 50)"
+            )
         if self.null_neurons < 0 or self.eps < 0:
             raise SpecError("psi.null_neurons and psi.eps must be >= 0")
         if self.d_null == "reference" and self.s_null == "row_rotation":

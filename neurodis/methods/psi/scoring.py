@@ -26,6 +26,7 @@ from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
 from neurodis.io.tables import read_table
 from neurodis.kernels.psi import PsiBatch, PsiParams, psi_batch, randomised_neuron
+from neurodis.kernels.psi_bootstrap import psi_intervals
 from neurodis.methods.embed.patches import LayerGeometry
 from neurodis.methods.embed.plan import NULL_CROP, PSI_CROP
 from neurodis.methods.embed.store import GEOMETRY_UNIT, TEXTS_UNIT, concept_vectors, stack_vectors
@@ -158,6 +159,12 @@ def limited_threads(n: int = 1) -> Iterator[None]:
 
 def neuron_rng(seed: int, layer: str, channel: int, null: bool) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(layer.encode()), channel, int(null)])
+
+
+def boot_rng(seed: int, layer: str, channel: int) -> np.random.Generator:
+    """The neuron's bootstrap generator: separate from :func:`neuron_rng`, so the point scores are the same
+    with and without intervals."""
+    return np.random.default_rng([seed, zlib.crc32(layer.encode()), channel, 0xB007])
 
 
 def _labels(plan: PsiPlan) -> dict[int, int]:
@@ -302,6 +309,30 @@ def _score_chunk(
     )
     for i, (c, ids, _, _) in enumerate(chunk):
         _fill(rows[c], res, i, ids)
+    n_boot = plan.spec.psi.n_boot
+    if null or not n_boot:  # null neurons are the layer's reference: no intervals (docs/psi.md)
+        return
+    comps = (res.S, res.Q, res.D)
+    iv = psi_intervals(
+        np.stack([v for _, _, v, _ in chunk]),
+        np.stack([y for _, _, _, y in chunk]),
+        text,
+        np.stack([c.null.mean(1) for c in comps], 1),  # NaN for an absent component
+        np.stack([c.null.std(1, ddof=1) for c in comps], 1),
+        [boot_rng(plan.spec.psi.seed, layer, c) for c, _, _, _ in chunk],
+        n_boot,
+        plan.params,
+    )
+    for i, (c, _, _, _) in enumerate(chunk):
+        if rows[c]["status"] in SCORED and np.isfinite(iv.low[i]):
+            lo, hi = float(iv.low[i]), float(iv.high[i])
+            rows[c].update(
+                log_psi_ci_low=lo,
+                log_psi_ci_high=hi,
+                psi_ci_low=float(np.exp(lo)),
+                psi_ci_high=float(np.exp(hi)),
+                n_boot=n_boot,
+            )
 
 
 def _items(

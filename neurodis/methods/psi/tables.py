@@ -32,6 +32,16 @@ _PSI_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("D_null_sd", pa.float64(), "sd of the D null draws"),
     ("psi", pa.float64(), "S_hat * Q_hat * D_hat (the available components)"),
     ("log_psi", pa.float64(), "log of psi (sum of log-sigmoids); chance level ln(0.5^3) = -2.08"),
+    (
+        "log_psi_ci_low",
+        pa.float64(),
+        "2.5 % percentile of log PSI over psi.n_boot resamples of the sites, each calibrated against the "
+        "neuron's null above; null when psi.n_boot is 0, for unscored and for null neurons",
+    ),
+    ("log_psi_ci_high", pa.float64(), "97.5 % percentile of the resampled log PSI"),
+    ("psi_ci_low", pa.float64(), "exp(log_psi_ci_low)"),
+    ("psi_ci_high", pa.float64(), "exp(log_psi_ci_high)"),
+    ("n_boot", pa.int32(), "bootstrap resamples behind the interval (null without one)"),
     ("k_hat", pa.int32(), "cluster count of the best partition"),
     ("silhouettes", F32_VEC, "observed silhouette for each K' in psi.k_range"),
     ("partition", I32_VEC, "cluster of each site under the best partition (order of site_image_ids)"),

@@ -17,6 +17,7 @@ from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
 from neurodis.io.tables import read_table
 from neurodis.kernels.psi import PsiParams, psi_batch
+from neurodis.kernels.psi_bootstrap import psi_intervals
 from neurodis.methods.embed import store
 from neurodis.methods.psi import scoring
 from neurodis.methods.psi.scorer import score_against_truth
@@ -81,6 +82,26 @@ def test_rows_equal_the_kernel_on_the_committed_embeddings(run):
         assert row["psi"] == pytest.approx(row["S_hat"] * row["Q_hat"] * row["D_hat"], rel=1e-9)
         assert row["log_psi"] == pytest.approx(np.log(row["psi"]), rel=1e-9)
         assert row["k_hat"] == want.k_hat[i] and row["partition"] == list(want.partition[i])
+    comps = (want.S, want.Q, want.D)
+    iv = psi_intervals(
+        np.stack(z),
+        np.array(y),
+        text,
+        np.stack([c.null.mean(1) for c in comps], 1),
+        np.stack([c.null.std(1, ddof=1) for c in comps], 1),
+        [scoring.boot_rng(0, layer, c) for c in channels],
+        50,
+        PsiParams(n_null=6),
+    )
+    for i, c in enumerate(channels):
+        row = got[c]
+        assert row["n_boot"] == 50
+        assert row["log_psi_ci_low"] == pytest.approx(iv.low[i], abs=1e-6)
+        assert row["log_psi_ci_high"] == pytest.approx(iv.high[i], abs=1e-6)
+        assert row["psi_ci_low"] == pytest.approx(np.exp(iv.low[i]), rel=1e-9)
+        assert row["log_psi_ci_low"] < row["log_psi_ci_high"]
+    nulls = read_table(run, "psi_nulls")
+    assert nulls["n_boot"].null_count == nulls.num_rows  # null neurons are not bootstrapped
 
 
 def test_layer_and_depth_outputs(run):
@@ -135,6 +156,7 @@ def test_dead_neurons_get_a_status_not_a_score(probe, tmp_path):
     summary = run_audit(spec, runner=LocalRunner())
     table = read_table(tmp_path / "run", "psi")
     assert set(table["status"].to_pylist()) == {"dead"} and table["psi"].null_count == table.num_rows
+    assert table["log_psi_ci_low"].null_count == table["n_boot"].null_count == table.num_rows
     (layer,) = read_table(tmp_path / "run", "psi_layers").to_pylist()
     assert layer["n_dead"] == 8 and layer["n_null"] == 0 and layer["auroc_psi"] is None
     assert summary["stages"]["embed"]["patches"] == 0
@@ -160,7 +182,14 @@ def test_score_against_truth(run):
         + [{"layer": "layer2", "channel": ch[5], "kind": "linear"}],
     }
     got = score_against_truth(run, truth)
-    assert got == {"n_poly": 4, "n_mono": 4, "n_unscored": 0, "auroc_poly_vs_mono": 1.0}
+    assert got == {
+        "n_poly": 4,
+        "n_mono": 4,
+        "n_unscored": 0,
+        "auroc_poly_vs_mono": 1.0,
+        "auroc_ci_low": 1.0,
+        "auroc_ci_high": 1.0,
+    }
 
 
 @pytest.mark.ray
