@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -184,12 +184,11 @@ def concept_responses(
     r = _responses(response_fn, np.stack(images), batch_size)  # [n_images, C]
     per_value = r[slot]  # [n_base, n_values, C]
     effects = np.zeros((r.shape[1], len(CONCEPTS)))
-    for group, values in _GROUP_VALUES.items():
-        cols = [_VALUES.index(v) for v in values]
-        mean = per_value[:, cols].mean(axis=1)  # [n_base, C]
-        for v in values:
-            if v != PLAIN:
-                effects[:, CONCEPTS.index(v)] = (per_value[:, _VALUES.index(v)] - mean).mean(axis=0)
+    for values in _GROUP_VALUES.values():
+        mean = per_value[:, [_VALUES.index(u) for u in values]].mean(axis=1)  # [n_base, C]
+        for u in values:
+            if u != PLAIN:
+                effects[:, CONCEPTS.index(u)] = (per_value[:, _VALUES.index(u)] - mean).mean(axis=0)
     scale = np.quantile(r[base_rows], SCALE_QUANTILE, axis=0)
     return ConceptEffects(effects=effects, scale=scale, indices=indices)
 
@@ -297,7 +296,9 @@ class SuperpositionConfig:
                 f"n_heldout ({self.n_heldout}) >= 100, epochs >= 1 and lr > 0"
             )
         if self.l1 < 0 or self.n_base < 2:
-            raise ValueError(f"SuperpositionConfig: l1 ({self.l1}) must be >= 0 and n_base ({self.n_base}) >= 2")
+            raise ValueError(
+                f"SuperpositionConfig: l1 ({self.l1}) must be >= 0 and n_base ({self.n_base}) >= 2"
+            )
 
 
 def source_digest() -> str:
@@ -367,7 +368,9 @@ def _aurocs(logits: np.ndarray, presence: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
     return {
-        c: float(roc_auc_score(presence[:, k], logits[:, k])) if 0 < presence[:, k].sum() < len(presence) else float("nan")
+        c: float(roc_auc_score(presence[:, k], logits[:, k]))
+        if 0 < presence[:, k].sum() < len(presence)
+        else float("nan")
         for k, c in enumerate(CONCEPTS)
     }
 
@@ -427,13 +430,13 @@ def _train(
         model.eval()
         x = _sup_inputs(model, train_images)
         y = torch.from_numpy(train_presence)
-        conv, w = model.sup[1], model.width
+        conv, w = cast(nn.Conv2d, model.sup[1]), model.width
         history = []
         for k, readout in enumerate(model.readout):
             b_conv, b_head, hist = _train_bottleneck(x, y, x.shape[1], w, cfg, seed * 1000 + k)
             with torch.no_grad():
                 conv.weight[k * w : (k + 1) * w] = b_conv.weight
-                conv.bias[k * w : (k + 1) * w] = b_conv.bias
+                cast(torch.Tensor, conv.bias)[k * w : (k + 1) * w] = cast(torch.Tensor, b_conv.bias)
                 readout.load_state_dict(b_head.state_dict())
             history.append(hist)
         with torch.no_grad():

@@ -120,7 +120,9 @@ def test_with_concept_changes_exactly_one_factor() -> None:
             }
             factor = _factor(value)
             assert new[factor] == value
-            assert {k: v for k, v in new.items() if k != factor} == {k: v for k, v in old.items() if k != factor}
+            assert {k: v for k, v in new.items() if k != factor} == {
+                k: v for k, v in old.items() if k != factor
+            }
             assert changed.objects[1:] == base.objects[1:] and q.center == p.center and q.size == p.size
             # the concept set moves by at most the old and the new value of that one factor
             assert (changed.concepts ^ base.concepts) <= {old[factor], value} - {PLAIN}
@@ -269,9 +271,10 @@ def test_output_depends_on_every_sup_channel(model, probe) -> None:
         ref = model(x)
         for ch in range(model.sup[1].out_channels):
             hook = model.sup.register_forward_hook(
-                lambda _m, _i, out, ch=ch: out + torch.nn.functional.one_hot(torch.tensor(ch), out.shape[1])
-                .view(1, -1, 1, 1)
-                .float()
+                lambda _m, _i, out, ch=ch: (
+                    out
+                    + torch.nn.functional.one_hot(torch.tensor(ch), out.shape[1]).view(1, -1, 1, 1).float()
+                )
             )
             try:
                 assert not torch.allclose(model(x), ref), ch
