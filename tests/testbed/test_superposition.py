@@ -296,15 +296,15 @@ def test_ground_truth_is_measured_and_mixed(model, folder: Path) -> None:
     assert gt["concepts"] == list(CONCEPTS) and gt["class_labels"] == list(CONCEPTS)
     assert [n["channel"] for n in gt["neurons"]] == list(range(32))
     for n in gt["neurons"]:
-        assert n["layer"] == "sup" and n["kind"] in {"mono", "poly", "none", "dead"}
-        assert len(n["concepts"]) == {"mono": 1, "poly": len(n["concepts"]) or 2}.get(n["kind"], 0)
+        assert n["layer"] == "sup"
+        assert n["kind"] in {0: ("none", "dead"), 1: ("mono",)}.get(len(n["concepts"]), ("poly",))
         assert n["weights"] == [n["effects"][c] for c in n["concepts"]]
     report = json.loads((folder / "report.json").read_text())
     counts = {k: sum(n["kind"] == k for n in gt["neurons"]) for k in ("mono", "poly", "none", "dead")}
     assert report["kinds"] == counts
     assert counts["mono"] >= 2 and counts["poly"] >= 2, counts
     # measured again on other base scenes, independently of the stored file: same kinds, mostly
-    again = measured_concepts(concept_responses(channel_max_response(model, model.sup), PROBE, 100, 7))
+    again = measured_concepts(concept_responses(channel_max_response(model, model.sup), PROBE, 150, 7))
     assert sum(a.kind == "mono" for a in again) >= 2 and sum(a.kind == "poly" for a in again) >= 2
     same = sum(a.kind == n["kind"] for a, n in zip(again, gt["neurons"]))
     assert same >= 0.75 * len(again), (same, [a.kind for a in again])
