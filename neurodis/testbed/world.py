@@ -412,6 +412,20 @@ def render(cfg: WorldConfig, index: int) -> Sample:
     """Image ``index`` of the world ``cfg`` with its truth; a pure function of ``(cfg, index)``."""
     rng = _rng(cfg, index)
     scene = _scene_from(cfg, rng)
+    return _sample(cfg, rng, scene, index)
+
+
+def render_scene(cfg: WorldConfig, scene: Scene, index: int) -> Sample:
+    """Draw ``scene`` (e.g. one changed by :func:`with_concept`) with the pixel randomness of image
+    ``index``: ``render_scene(cfg, sample_scene(cfg, i), i)`` equals ``render(cfg, i)``, and variants of
+    one scene drawn at one index share its background texture and noise up to the first object whose
+    texture draws differ. Deterministic: a pure function of ``(cfg, scene, index)``."""
+    rng = _rng(cfg, index)
+    _scene_from(cfg, rng)  # advance the stream past the scene draws, exactly as render does
+    return _sample(cfg, rng, scene, index)
+
+
+def _sample(cfg: WorldConfig, rng: np.random.Generator, scene: Scene, index: int) -> Sample:
     image, masks = _draw(cfg, rng, scene)
     return Sample(
         index=index,
@@ -423,6 +437,40 @@ def render(cfg: WorldConfig, index: int) -> Sample:
         objects=scene.objects,
         masks=masks,
     )
+
+
+#: the texture value of an object without one (allowed by :func:`with_concept`; not a concept)
+PLAIN = "plain"
+
+
+def concept_group(concept: str) -> str:
+    """The factor a concept (or :data:`PLAIN`) belongs to: colour, shape, texture or background."""
+    if concept == PLAIN:
+        return "texture"
+    if concept not in _GROUP_OF:
+        raise ValueError(f"unknown concept {concept!r}; use one of {CONCEPTS} or {PLAIN!r}")
+    return _GROUP_OF[concept]
+
+
+def with_concept(scene: Scene, concept: str) -> Scene:
+    """The scene with one factor set to ``concept`` and everything else kept: a colour, shape or texture
+    (or :data:`PLAIN`) replaces that attribute of the primary object, a background concept the
+    background. A new shape keeps the object's centre and area (its box follows the new extent).
+    Exclusions are not applied: a controlled render may show a pair the world never draws together."""
+    group = concept_group(concept)
+    if group == "background":
+        return dataclasses.replace(scene, background=concept)
+    if not scene.objects:
+        raise ValueError("with_concept needs a scene with a primary object to change")
+    o = scene.objects[0]
+    if group == "colour":
+        new = dataclasses.replace(o, colour=concept)
+    elif group == "texture":
+        new = dataclasses.replace(o, texture=None if concept == PLAIN else concept)
+    else:
+        box = _box_at(o.center[0], o.center[1], _extent(concept, o.size))
+        new = dataclasses.replace(o, shape=concept, box=box)
+    return dataclasses.replace(scene, objects=(new, *scene.objects[1:]))
 
 
 def concept_matrix(samples: Sequence[Sample], concepts: Sequence[str] = CONCEPTS) -> np.ndarray:
