@@ -40,6 +40,7 @@ from neurodis.testbed.entangled_design import (
     PLANTED_LAYER,
     EntangledLayout,
     EntangledNeuron,
+    Section,
     entangled_layout,
 )
 from neurodis.testbed.evaluation import linear_behaviour, or_behaviour
@@ -242,6 +243,33 @@ def _group_vector(
     return {int(j): float(v) for j, v in zip(group, w / w.sum())}
 
 
+def _neighbour_corrected(
+    sec: Section, concept: str, raw: np.ndarray, means: np.ndarray, calib: Arrays
+) -> tuple[np.ndarray, dict[str, float]]:
+    """A linear neuron's group vector with what its shared channels carry of the neighbouring concepts
+    subtracted: each neighbour's signal is estimated by the mean of its private channels, its weight
+    by a least-squares fit of the group's spatial mean on those estimates and the concept's presence
+    (on the calibration split). Without it a background neighbour, whose spatial mean is several times
+    an object's, would swamp an object concept's group in the spatial mean."""
+    out = raw.copy()
+    neighbours = sorted({o for pair in sec.shared.values() if concept in pair for o in pair if o != concept})
+    if not neighbours:
+        return out, {}
+    shared = set(sec.shared)
+    probes = []
+    for o in neighbours:
+        private = [j for j in sec.groups[o] if j not in shared]
+        q = np.zeros_like(raw)
+        q[private] = 1.0 / len(private)
+        probes.append(q)
+    present = calib.presence[:, CONCEPTS.index(concept)].astype(np.float64)
+    design = np.column_stack([means @ q for q in probes] + [present, np.ones(len(present))])
+    coef, *_ = np.linalg.lstsq(design, means @ raw, rcond=None)
+    for beta, q in zip(coef[: len(probes)], probes):
+        out -= beta * q
+    return out, {o: float(b) for o, b in zip(neighbours, coef[: len(probes)])}
+
+
 @torch.no_grad()
 def _wire_planted(
     model: EntangledNet, lay: EntangledLayout, calib_mix: torch.Tensor, calib: Arrays, rng: np.random.Generator
@@ -256,23 +284,25 @@ def _wire_planted(
     flat = calib_mix.permute(0, 2, 3, 1).reshape(len(calib_mix), -1, m)  # [N, HW, M]
     nuis = list(lay.nuisance)
     nuis_mean = flat[:, :, nuis].double().mean(dim=(0, 1)).numpy()
+    means = flat.double().mean(dim=1).numpy()  # [N, M]: each channel's spatial mean per image
     records = []
     hidden = 0
     for n in lay.neurons:
         groups = {c: _group_vector(lay, n, c, rng) for c in n.concepts}
         vec: dict[str, np.ndarray] = {}
         scales: dict[str, float] = {}
+        corrections: dict[str, dict[str, float]] = {}
         for c, g in groups.items():
-            raw = torch.zeros(m, dtype=torch.float64)
-            raw[list(g)] = torch.tensor(list(g.values()), dtype=torch.float64)
-            response = (flat.double() @ raw).view(len(calib_mix), 8, 8)
+            raw = np.zeros(m)
+            raw[list(g)] = list(g.values())
             present = calib.presence[:, CONCEPTS.index(c)]
             if n.kind == "linear":
-                means = response.mean(dim=(1, 2)).numpy()
-                scales[c] = max(float(np.polyfit(present.astype(np.float64), means, 1)[0]), 1e-4)
+                raw, corrections[c] = _neighbour_corrected(lay.sections[n.section], c, raw, means, calib)
+                scales[c] = max(float(np.polyfit(present.astype(np.float64), means @ raw, 1)[0]), 1e-4)
             else:
+                response = (flat[:, :, list(g)].double() @ torch.tensor(list(g.values()), dtype=torch.float64)).view(-1, 8, 8)
                 scales[c] = _quantile_peak(response, present)
-            vec[c] = raw.numpy() / scales[c]
+            vec[c] = raw / scales[c]
         gate_unit = None
         if n.kind == "linear":
             direct[n.channel] = sum(w * vec[c] for c, w in zip(n.concepts, n.weights))
@@ -293,6 +323,7 @@ def _wire_planted(
             {
                 "group_weights": {c: {str(j): v for j, v in g.items()} for c, g in groups.items()},
                 "scales": scales,
+                "neighbour_corrections": corrections,
                 "nuisance_weights": {str(j): float(v) for j, v in zip(nuis, u)},
                 "bias": float(d_bias[n.channel]),
                 "gate_unit": gate_unit,
