@@ -54,13 +54,12 @@ from neurodis.testbed.model import (
     build_testbed,
     default_cache_dir,
 )
-from neurodis.testbed.net import DEFAULT_WIDTHS, PREPROCESS_CONFIG, Block
+from neurodis.testbed.net import DEFAULT_WIDTHS, PREPROCESS_CONFIG, Block, normalise
 from neurodis.testbed.training import (
     PEAK_QUANTILE,
     Arrays,
     detector_stats,
     fit_planted_head,
-    lower_outputs,
     make_arrays,
     split_world,
 )
@@ -129,7 +128,9 @@ class EntangledNet(nn.Module):
         self.layer2 = nn.Sequential(Block(w1, w2, 2), Block(w2, w2, 1))
         self.mix = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(w2, mix_width, 1), nn.ReLU())
         self.planted = PlantedBlock(mix_width, hidden, planted_width)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(planted_width, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(planted_width, num_classes)
+        )
         self.preprocess_config = dict(PREPROCESS_CONFIG)
 
     def lower(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,6 +144,20 @@ def _conv(module: nn.Module) -> nn.Conv2d | nn.Linear:
     if not isinstance(module, (nn.Conv2d, nn.Linear)):
         raise TypeError(f"expected a conv or linear layer, got {type(module).__name__}")
     return module
+
+
+def _bias(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    if layer.bias is None:
+        raise TypeError(f"{type(layer).__name__} has no bias to write")
+    return layer.bias
+
+
+@torch.no_grad()
+def _lower_outputs(model: EntangledNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``layer2`` outputs for uint8 images, float32 ``[N, C2, 16, 16]``."""
+    return torch.cat(
+        [model.lower(normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    )
 
 
 def weighted_layers(model: EntangledNet) -> dict[str, nn.Conv2d | nn.Linear]:
@@ -231,7 +246,7 @@ def _wire_mix(
         bias[j] /= scale
     conv = weighted_layers(model)["mix.1"]
     conv.weight.copy_(torch.from_numpy(weight).float().view_as(conv.weight))
-    conv.bias.copy_(torch.from_numpy(bias).float())
+    _bias(conv).copy_(torch.from_numpy(bias).float())
     return {"detector_peak": peak, "nondetector_peak": {str(k): v for k, v in q_nd.items()}}
 
 
@@ -272,7 +287,11 @@ def _neighbour_corrected(
 
 @torch.no_grad()
 def _wire_planted(
-    model: EntangledNet, lay: EntangledLayout, calib_mix: torch.Tensor, calib: Arrays, rng: np.random.Generator
+    model: EntangledNet,
+    lay: EntangledLayout,
+    calib_mix: torch.Tensor,
+    calib: Arrays,
+    rng: np.random.Generator,
 ) -> list[dict[str, Any]]:
     """Write ``planted``; returns each neuron's wiring record (group weights, scales, nuisance weights)."""
     s = 1.0 / (1.0 - THRESHOLD)
@@ -300,7 +319,9 @@ def _wire_planted(
                 raw, corrections[c] = _neighbour_corrected(lay.sections[n.section], c, raw, means, calib)
                 scales[c] = max(float(np.polyfit(present.astype(np.float64), means @ raw, 1)[0]), 1e-4)
             else:
-                response = (flat[:, :, list(g)].double() @ torch.tensor(list(g.values()), dtype=torch.float64)).view(-1, 8, 8)
+                response = (
+                    flat[:, :, list(g)].double() @ torch.tensor(list(g.values()), dtype=torch.float64)
+                ).view(-1, 8, 8)
                 scales[c] = _quantile_peak(response, present)
             vec[c] = raw / scales[c]
         gate_unit = None
@@ -332,8 +353,8 @@ def _wire_planted(
     layers = weighted_layers(model)
     for name, w in (("planted.direct", direct), ("planted.gate.0", gate), ("planted.out", out)):
         layers[name].weight.copy_(torch.from_numpy(w).float().view_as(layers[name].weight))
-    layers["planted.direct"].bias.copy_(torch.from_numpy(d_bias).float())
-    layers["planted.gate.0"].bias.zero_()
+    _bias(layers["planted.direct"]).copy_(torch.from_numpy(d_bias).float())
+    _bias(layers["planted.gate.0"]).zero_()
     return records
 
 
@@ -350,7 +371,9 @@ def _planted_outputs(model: EntangledNet, mix: torch.Tensor, batch_size: int = 5
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def attribution_by_channel(model: EntangledNet, mix: torch.Tensor, channel: int, linear: bool) -> torch.Tensor:
+def attribution_by_channel(
+    model: EntangledNet, mix: torch.Tensor, channel: int, linear: bool
+) -> torch.Tensor:
     """``|grad x activation|`` at ``mix`` per image and ``mix`` channel (summed over positions) for the
     planted neuron's spatial max (mono/poly) or spatial mean (linear). ``[N, M]``."""
     x = mix.detach().clone().requires_grad_(True)
@@ -364,7 +387,9 @@ def _spec(n: EntangledNeuron) -> PlantedSpec:
     return PlantedSpec(n.kind, n.concepts, n.weights)
 
 
-def _evaluate(model: EntangledNet, lay: EntangledLayout, heldout: Arrays, lower: torch.Tensor) -> dict[str, Any]:
+def _evaluate(
+    model: EntangledNet, lay: EntangledLayout, heldout: Arrays, lower: torch.Tensor
+) -> dict[str, Any]:
     mix = _mix_outputs(model, lower)
     feats = _planted_outputs(model, mix)
     with torch.no_grad():
@@ -446,7 +471,12 @@ def _truth(
     seed: int, variant: str, base: Path, world: WorldConfig, lay: EntangledLayout, widths: tuple[int, ...],
     detectors: dict[str, int], records: list[dict[str, Any]] | None,
 ) -> dict[str, Any]:  # fmt: skip
-    arch = {"widths": list(widths), "mix_width": lay.mix_width, "hidden": lay.n_poly, "planted": lay.n_planted}
+    arch = {
+        "widths": list(widths),
+        "mix_width": lay.mix_width,
+        "hidden": lay.n_poly,
+        "planted": lay.n_planted,
+    }
     truth: dict[str, Any] = {
         "entangled_version": ENTANGLED_VERSION,
         "variant": variant,
@@ -516,17 +546,19 @@ def _build_planted(seed: int, base: Path, world: WorldConfig) -> tuple[Entangled
         model = _new_model(lay, widths)
         model.load_state_dict(lower_state, strict=False)
         model.eval()
-        calib_lower = lower_outputs(model, calib.images)  # type: ignore[arg-type]
+        calib_lower = _lower_outputs(model, calib.images)
         calibration = _wire_mix(model, lay, detectors, calib_lower, calib, rng)
         records = _wire_planted(model, lay, _mix_outputs(model, calib_lower), calib, rng)
         del calib_lower
-        gap = _planted_outputs(model, _mix_outputs(model, lower_outputs(model, train.images))).mean(dim=(2, 3))  # type: ignore[arg-type]
+        gap = _planted_outputs(model, _mix_outputs(model, _lower_outputs(model, train.images))).mean(
+            dim=(2, 3)
+        )
         w, b = fit_planted_head(gap, train.labels, len(CLASS_LABELS), HEAD_L2)
         linear = _conv(model.head[-1])
         with torch.no_grad():
             linear.weight.copy_(w)
-            linear.bias.copy_(b)
-        report = _evaluate(model, lay, heldout, lower_outputs(model, heldout.images))  # type: ignore[arg-type]
+            _bias(linear).copy_(b)
+        report = _evaluate(model, lay, heldout, _lower_outputs(model, heldout.images))
     report.update(
         variant="planted",
         seed=seed,
@@ -586,7 +618,9 @@ def build_entangled(
         raise ValueError(f"build_entangled: variant must be one of {VARIANTS}, got {variant!r}")
     base = Path(base_dir) if base_dir is not None else build_testbed()
     if not (base / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"no testbed model in {base}; pass base_dir=build_testbed() or leave it unset")
+        raise FileNotFoundError(
+            f"no testbed model in {base}; pass base_dir=build_testbed() or leave it unset"
+        )
     world = WorldConfig.from_json(json.loads((base / TRUTH_FILE).read_text())["world"])
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = entangled_key(seed, variant, base.name)
@@ -614,12 +648,16 @@ def build_entangled(
     return final
 
 
-def load_entangled_model(cache_dir: Path | None = None, seed: int = 0, variant: str = "planted") -> EntangledNet:
+def load_entangled_model(
+    cache_dir: Path | None = None, seed: int = 0, variant: str = "planted"
+) -> EntangledNet:
     """The entangled testbed model (built on first use) in eval mode, with ``preprocess_config`` and
     ``testbed_dir`` (the folder with its ``ground_truth.json``) set."""
     folder = build_entangled(seed=seed, cache_dir=cache_dir, variant=variant)
     arch = json.loads((folder / TRUTH_FILE).read_text())["architecture"]
-    model = EntangledNet(arch["mix_width"], arch["hidden"], arch["planted"], len(CLASS_LABELS), arch["widths"])
+    model = EntangledNet(
+        arch["mix_width"], arch["hidden"], arch["planted"], len(CLASS_LABELS), arch["widths"]
+    )
     model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
     for part in (model.stem, model.layer1, model.layer2):
         part.requires_grad_(False)
@@ -636,4 +674,3 @@ def load_null_random_model() -> EntangledNet:
 def load_null_permuted_model() -> EntangledNet:
     """The ``permuted`` null network (wiring shuffled per unit), for ``model.arch`` in a spec."""
     return load_entangled_model(variant="permuted")
-
