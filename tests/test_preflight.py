@@ -179,7 +179,9 @@ def test_unmet_explainer_requirements(tmp_path: Path):
     assert msg.startswith("explain.explainers: 'annotations' found no concept annotated on any probe image")
     # annotations: none refuses the annotations explainer when the spec is read, before any I/O
     raw["explain"]["annotations"] = "none"
-    with pytest.raises(SpecError, match=r"^explain.explainers: 'annotations' needs .* explain.annotations is none"):
+    with pytest.raises(
+        SpecError, match=r"^explain.explainers: 'annotations' needs .* explain.annotations is none"
+    ):
         spec_from_dict(raw)
     raw["explain"] = {"explainers": ["toy"], "ablation": False, "top_impact": False}
     raw["embed"] = {"embedder": "toy", "calibration": "off"}

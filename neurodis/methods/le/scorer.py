@@ -147,11 +147,13 @@ def recall_of_concepts(
         raise ValueError(
             f"explainer {explainer!r} has no explanations in {run_dir}; choose {sorted({k[2] for k in rows})}"
         )
-    per = []
+    per: list[dict[str, Any]] = []
+    recalls: list[float] = []
     for layer, ch, kind, concepts in _planted(truth):
         if kind not in kinds or not concepts:
             continue
         named, got = _named(rows.get((layer, ch, explainer)), alias)
+        recalls.append(len(set(got) & set(concepts)) / len(concepts))
         per.append(
             {
                 "layer": layer,
@@ -159,7 +161,7 @@ def recall_of_concepts(
                 "kind": kind,
                 "truth": concepts,
                 "recovered": named,
-                "recall": len(set(got) & set(concepts)) / len(concepts),
+                "recall": recalls[-1],
             }
         )
-    return {**_with_ci("recall", [p["recall"] for p in per]), "n": len(per), "neurons": per}
+    return {**_with_ci("recall", recalls), "n": len(per), "neurons": per}
