@@ -138,7 +138,10 @@ def label_concepts(
     """Per image, the ``label`` explainer's concepts: its class label and superclasses (from
     ``embed.superclasses`` / the testbed world, and an annotations file's ``superclasses`` column)."""
     supers = embed.superclass_map(spec)
-    given = _annotations(spec, records)[1] if annotated_supers is None else annotated_supers
+    if annotated_supers is None:  # the testbed world's scenes carry no superclasses: skip sampling them
+        synthetic = spec.explain.annotations == "auto" and spec.data.kind == "synthetic"
+        annotated_supers = {} if synthetic else _annotations(spec, records)[1]
+    given = annotated_supers
     out = {}
     for r in records:
         cs: set[str] = set()
