@@ -161,7 +161,28 @@ def test_unmet_explainer_requirements(tmp_path: Path):
     raw = _explain(tmp_path, explainers=["label"], ablation=False, top_impact=False)
     raw["data"] = {"kind": "manifest", "manifest": str(tmp_path / "m.csv")}
     (msg,) = _problems(raw)
-    assert msg.startswith("explain.explainers: 'label' needs class labels or concept annotations")
+    assert msg.startswith("explain.explainers: 'label' needs class labels, and this probe set has none")
+    assert "'annotations'" in msg and "\n" not in msg
+    # the annotations explainer needs annotations: none here (no file, no metadata.parquet)
+    raw["explain"]["explainers"] = ["annotations"]
+    (msg,) = _problems(raw)
+    assert msg.startswith("explain.explainers: 'annotations' needs per-image concept annotations")
+    assert "explain.annotations: auto" in msg and "'path' and 'concepts'" in msg and "\n" not in msg
+    # ... and with a file, the annotations explainer does not need class labels
+    (tmp_path / "ann.csv").write_text("path,concepts\n" + "".join(f"{p},red|dots\n" for p in paths))
+    raw["explain"]["annotations"] = str(tmp_path / "ann.csv")
+    run_preflight(spec_from_dict(raw))
+    # a file that names no probe image: no concept to explain with
+    (tmp_path / "other.csv").write_text("path,concepts\nnowhere.png,red\n")
+    raw["explain"]["annotations"] = str(tmp_path / "other.csv")
+    (msg,) = _problems(raw)
+    assert msg.startswith("explain.explainers: 'annotations' found no concept annotated on any probe image")
+    # annotations: none refuses the annotations explainer when the spec is read, before any I/O
+    raw["explain"]["annotations"] = "none"
+    with pytest.raises(
+        SpecError, match=r"^explain.explainers: 'annotations' needs .* explain.annotations is none"
+    ):
+        spec_from_dict(raw)
     raw["explain"] = {"explainers": ["toy"], "ablation": False, "top_impact": False}
     raw["embed"] = {"embedder": "toy", "calibration": "off"}
     (msg,) = _problems(raw)

@@ -54,8 +54,13 @@ def demo_spec(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         "pure": {"n_ref": cfg.n_ref, "layers": [PLANTED_LAYER], "k": [2, 3], "crops": False},
         "embed": {"embedder": "oracle-a", "concepts": "testbed"},
         "psi": {"top_k": cfg.psi_top_k, "n_null": cfg.n_null},
-        # the planted layer: its head follows global pooling, so ablations take the exact fast path
-        "explain": {"explainers": ["label", "oracle-a"], "simulator": "oracle-b", "layers": [PLANTED_LAYER]},
+        # the planted layer: its head follows global pooling, so ablations take the exact fast path;
+        # label: class + superclass labels; annotations: the probe folder's metadata.parquet
+        "explain": {
+            "explainers": ["label", "annotations", "oracle-a"],
+            "simulator": "oracle-b",
+            "layers": [PLANTED_LAYER],
+        },
     }
 
 

@@ -6,8 +6,10 @@ fixed random orthonormal projection of those scores plus a few down-weighted nui
 (and, for ``oracle-b``, a small deterministic per-image jitter), L2-normalised.
 
 Text goes to the same space: known template words are stripped ("a photo of a ..."), concept names and
-aliases ("striped", "grass", "red circle", "warm colours") map to the sum of their concept directions,
-and text that names no concept maps to a hashed random unit vector. So the cosine between a concept's
+their spellings ("striped", "grass", "red circle", "warm colours") map to the sum of their concept
+directions, near-synonyms ("crimson", "lawn") to a direction at cosine ``NEAR_COS`` with their concept's,
+words the world lacks ("orange", "hexagon", "snow") to their own hashed direction, and text that names none
+of these ("car") maps to a hashed random unit vector. So the cosine between a concept's
 text and an image is its score over the norm of the image's score vector: a concept present in an image
 scores clearly above one that is absent, whole image or crop.
 
@@ -34,12 +36,8 @@ _TEMPLATE_WORDS = frozenset(
     "this that is there with in on some small large big thing things object objects shape shapes "
     "showing shows containing contains of it its".split()
 )
-# phrase -> concepts it names (longest phrases are matched first)
+# phrase -> concepts it names (spellings and inflections of a concept name the concept itself)
 _ALIASES: dict[str, tuple[str, ...]] = {
-    "violet": ("purple",),
-    "round": ("circle",),
-    "disk": ("circle",),
-    "disc": ("circle",),
     "circles": ("circle",),
     "squares": ("square",),
     "triangles": ("triangle",),
@@ -49,24 +47,17 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "dot": ("dots",),
     "dotted": ("dots",),
     "polka dots": ("dots",),
-    "spots": ("dots",),
-    "spotted": ("dots",),
     "checkered": ("checker",),
     "checkerboard": ("checker",),
     "chequered": ("checker",),
     "checks": ("checker",),
     "grass": ("grass background",),
     "grassy": ("grass background",),
-    "lawn": ("grass background",),
     "sky": ("sky background",),
     "sand": ("sand background",),
     "sandy": ("sand background",),
-    "desert": ("sand background",),
-    "beach": ("sand background",),
     "night": ("night background",),
     "night sky": ("night background",),
-    "starry sky": ("night background",),
-    "stars": ("night background",),
     "warm colours": ("red", "yellow"),
     "warm colors": ("red", "yellow"),
     "warm colour": ("red", "yellow"),
@@ -76,23 +67,80 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "cool colour": ("green", "blue", "purple"),
     "cool color": ("green", "blue", "purple"),
 }
+#: cosine between a near-synonym's text direction and its concept's (the rest is the word's own direction)
+NEAR_COS = 0.75
+_NEAR_WORDS: dict[str, tuple[str, ...]] = {  # concept -> words close to it but not it
+    "red": ("crimson", "scarlet", "maroon", "ruby", "cherry"),
+    "blue": ("azure", "navy", "cobalt", "sapphire", "cerulean"),
+    "green": ("lime", "emerald", "olive", "jade", "verdant"),
+    "yellow": ("golden", "amber", "lemon", "mustard", "canary"),
+    "purple": ("violet", "lavender", "lilac", "plum", "indigo"),
+    "circle": ("round", "disk", "disc", "ring", "ball", "sphere"),
+    "square": ("box", "block", "cube", "quadrilateral", "boxy"),
+    "triangle": ("pyramid", "wedge", "arrowhead", "delta", "cone"),
+    "stripes": ("stripy", "lined", "banded", "pinstriped", "streaked"),
+    "dots": ("spotted", "spots", "speckled", "dotty", "freckled"),
+    "checker": ("chessboard", "plaid", "tartan", "gingham", "grid"),
+    "grass background": ("lawn", "meadow", "turf", "field", "pasture"),
+    "sky background": ("heavens", "daylight", "clouds", "atmosphere", "skyline"),
+    "sand background": ("beach", "desert", "dunes", "shore", "sandbank"),
+    "night background": ("darkness", "midnight", "dusk", "nighttime", "stars", "starry sky"),
+}
+#: near-synonym -> the concept it is close to
+NEAR_SYNONYMS: dict[str, str] = {w: c for c, words in _NEAR_WORDS.items() for w in words}
+#: words and phrases naming colours, shapes, textures and backgrounds the world never shows: each has its
+#: own direction at full weight, so "orange hexagon" is as far from every concept as "orange", and a
+#: compound colour ("blue-green") is not blue plus green
+ABSENT_WORDS: frozenset[str] = frozenset(
+    """orange pink brown black white grey gray cyan teal turquoise beige silver bronze copper ivory khaki
+    peach salmon coral mauve tan charcoal cream rust ochre magenta
+    hexagon pentagon octagon star heart crescent cross diamond oval ellipse rectangle trapezoid rhombus
+    spiral arrow parallelogram semicircle teardrop
+    zigzag hatched crosshatched wavy swirl marbled herringbone honeycomb paisley camouflage grainy glossy
+    furry scaly woven mesh solid plain
+    snow water forest brick wood concrete ocean fog mountain city gravel ice lava carpet tile indoor
+    space""".split()
+) | frozenset({"blue green", "red orange", "yellow green", "sky blue"})
 _PHRASES: dict[str, tuple[str, ...]] = {**{c: (c,) for c in CONCEPTS}, **_ALIASES}
-_PHRASE_RE = re.compile(
-    r"\b(" + "|".join(re.escape(p) for p in sorted(_PHRASES, key=len, reverse=True)) + r")\b"
-)
+_TERMS = set(_PHRASES) | set(NEAR_SYNONYMS) | set(ABSENT_WORDS)
+_TERM_RE = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(_TERMS, key=len, reverse=True)) + r")\b")
 
 
-def parse_text(text: str) -> tuple[dict[str, float], list[str]]:
-    """(concept -> weight named by the text, leftover non-template words)."""
+@dataclass(frozen=True)
+class ParsedText:
+    """What a text names: world concepts, near-synonyms of them, words absent from the world (each ->
+    weight), and the leftover non-template words."""
+
+    concepts: dict[str, float]
+    near: dict[str, float]
+    absent: dict[str, float]
+    rest: list[str]
+
+    @property
+    def names_anything(self) -> bool:
+        return bool(self.concepts or self.near or self.absent)
+
+
+def parse_text(text: str) -> ParsedText:
+    """Parse a concept text: template words dropped, the longest known phrases matched first."""
     norm = re.sub(r"[^a-z ]+", " ", text.lower().replace("_", " ").replace("-", " "))
     norm = re.sub(r"\s+", " ", norm).strip()
-    weights: dict[str, float] = {}
-    for match in _PHRASE_RE.finditer(norm):
-        named = _PHRASES[match.group(1)]
-        for c in named:
-            weights[c] = weights.get(c, 0.0) + 1.0 / float(np.sqrt(len(named)))
-    rest = _PHRASE_RE.sub(" ", norm).split()
-    return weights, [w for w in rest if w not in _TEMPLATE_WORDS and w != "background"]
+    concepts: dict[str, float] = {}
+    near: dict[str, float] = {}
+    absent: dict[str, float] = {}
+    for match in _TERM_RE.finditer(norm):
+        term = match.group(1)
+        if term in _PHRASES:
+            named = _PHRASES[term]
+            for c in named:
+                concepts[c] = concepts.get(c, 0.0) + 1.0 / float(np.sqrt(len(named)))
+        else:
+            into = near if term in NEAR_SYNONYMS else absent
+            into[term] = into.get(term, 0.0) + 1.0
+    rest = _TERM_RE.sub(" ", norm).split()
+    return ParsedText(
+        concepts, near, absent, [w for w in rest if w not in _TEMPLATE_WORDS and w != "background"]
+    )
 
 
 def _hashed_unit(text: str, dim: int, salt: str) -> np.ndarray:
@@ -172,16 +220,30 @@ class OracleEmbedder:
         return _unit_rows(np.stack([self._text(t) for t in texts]))
 
     def _text(self, text: str) -> np.ndarray:
-        weights, rest = parse_text(text)
-        if not weights:
+        parsed = parse_text(text)
+        if not parsed.names_anything:
             return _hashed_unit(text.strip().lower(), self.dim, self._name)
         vec = np.zeros(self._basis.shape[1])
-        for c, w in weights.items():
+        for c, w in parsed.concepts.items():
             vec[CONCEPTS.index(c)] += w
         out = self._basis @ vec
-        for word in rest:  # unknown words pull the text a little away from the pure concept
+        for word, w in parsed.near.items():
+            out = out + w * self.near_direction(word)
+        for word, w in parsed.absent.items():  # a word the world lacks: its own direction, as alone
+            out = out + w * _hashed_unit(word, self.dim, self._name)
+        for word in parsed.rest:  # unknown words pull the text a little away from what it names
             out = out + 0.3 * _hashed_unit(word, self.dim, self._name)
         return out
+
+    def near_direction(self, word: str) -> np.ndarray:
+        """A near-synonym's unit direction: ``NEAR_COS`` of its concept's plus the rest of the word's own
+        hashed direction, orthogonal to the concept's (so the cosine with the concept is exactly
+        ``NEAR_COS``)."""
+        concept = self._basis[:, CONCEPTS.index(NEAR_SYNONYMS[word])]
+        own = _hashed_unit(word, self.dim, self._name)
+        own = own - (own @ concept) * concept
+        own = own / np.linalg.norm(own)
+        return NEAR_COS * concept + float(np.sqrt(1.0 - NEAR_COS**2)) * own
 
 
 def oracle_a() -> OracleEmbedder:

@@ -154,3 +154,71 @@ def test_per_concept_auroc_on_crops(name: str, kind: str, crops) -> None:
     expected = set(CONCEPTS) - (set(BACKGROUNDS) if kind == "box" else set())
     assert set(aurocs) == expected
     assert min(aurocs.values()) >= 0.95, aurocs
+
+
+# the distractor vocabulary, by category as the shipped file lists them (hand-written here, not read from
+# the embedder's tables): near-synonym -> its concept; words of combinations -> the world concept they name
+NEAR = {
+    "crimson": "red",
+    "scarlet": "red",
+    "azure": "blue",
+    "navy": "blue",
+    "lime": "green",
+    "golden": "yellow",
+    "violet": "purple",
+    "round": "circle",
+    "box": "square",
+    "pyramid": "triangle",
+    "stripy": "stripes",
+    "spotted": "dots",
+    "plaid": "checker",
+    "lawn": "grass background",
+    "clouds": "sky background",
+    "desert": "sand background",
+    "midnight": "night background",
+}
+UNRELATED_OR_ABSENT = ["car", "dog", "piano", "orange", "pink", "hexagon", "star", "zigzag", "hatched"]
+NOT_A_WORLD_CONCEPT = ["blue-green", "snow background", "orange hexagon", "sky blue", "forest background"]
+COMBINED = {"orange circle": "circle", "red hexagon": "red", "pink dots": "dots", "blue star": "blue"}
+
+
+def test_distractor_vocabulary_is_shipped_with_the_world_concepts():
+    from neurodis.data.concepts import load_concept_set
+
+    name, concepts = load_concept_set("testbed-distractors")
+    assert name == "testbed-distractors" and set(CONCEPTS) <= set(concepts)
+    assert len(concepts) - len(CONCEPTS) >= 185
+    assert set(NEAR) | set(UNRELATED_OR_ABSENT) | set(NOT_A_WORLD_CONCEPT) | set(COMBINED) <= set(concepts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_distractor_text_directions(name: str) -> None:
+    from neurodis.data.concepts import load_concept_set
+
+    e = OracleEmbedder(name)
+    world = e.embed_texts(list(CONCEPTS)).astype(np.float64)
+
+    def cos(texts):
+        return e.embed_texts(texts).astype(np.float64) @ world.T
+
+    # near-synonyms: close to their concept (cos 0.75 exactly), not equal, and farther from every other
+    near = cos(list(NEAR))
+    for k, (word, concept) in enumerate(NEAR.items()):
+        j = CONCEPTS.index(concept)
+        assert near[k, j] == pytest.approx(0.75, abs=1e-5), word
+        assert np.delete(near[k], j).max() < 0.55, (word, near[k])
+    # unrelated words, words the world lacks, compounds that contain a world word: no concept's direction
+    for word, row in zip(
+        UNRELATED_OR_ABSENT + NOT_A_WORLD_CONCEPT, cos(UNRELATED_OR_ABSENT + NOT_A_WORLD_CONCEPT)
+    ):
+        assert np.abs(row).max() < 0.6, (word, dict(zip(CONCEPTS, row.round(2))))
+    # a combination with a missing colour or shape is half the world concept it names
+    for (text, concept), row in zip(COMBINED.items(), cos(list(COMBINED))):
+        assert int(row.argmax()) == CONCEPTS.index(concept) and 0.6 < row.max() < 0.8, (text, row)
+    # no distractor of the shipped set is a world concept's direction: near-synonyms sit at 0.75, a
+    # combination with one world word at about sqrt(1/2) plus hash noise
+    _, concepts = load_concept_set("testbed-distractors")
+    others = [c for c in concepts if c not in CONCEPTS]
+    assert cos(others).max() < 0.85
+    # the world's own concept names are unchanged: a concept's text is its direction (cos 1 with itself)
+    assert np.allclose(np.diag(cos(list(CONCEPTS))), 1.0, atol=1e-5)

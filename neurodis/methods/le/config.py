@@ -30,11 +30,13 @@ def _pairs(value: Any, key: str, what: str) -> tuple[tuple[str, Any], ...]:
 class ExplainConfig:
     """Linear Explanations (METHODS.md §4, docs/linear-explanations.md).
 
-    ``explainers``: ``label`` (class + superclass labels, plus per-image concept annotations where the
-    probe set has them) and/or embedder names (``oracle-a``, ``open_clip:ViT-B-16-SigLIP``) whose
+    ``explainers``: ``label`` (class + superclass labels, LE(Label) as the paper defines it),
+    ``annotations`` (per-image concept annotations, NetDissect-style; see ``annotations``) and/or embedder
+    names (``oracle-a``, ``open_clip:ViT-B-16-SigLIP``) whose
     calibrated sigmoid gives the concept matrix (``explainer: X`` is short for ``explainers: [X]``).
-    ``annotations``: ``auto`` (the testbed world's scene concepts for synthetic data, or an image folder's
-    ``metadata.parquet`` with ``path`` and ``concepts`` columns), ``none``, or a CSV/Parquet file.
+    ``annotations``: where the ``annotations`` explainer's concepts come from: ``auto`` (the testbed world's
+    scene concepts for synthetic data, or an image folder's ``metadata.parquet`` with ``path`` and
+    ``concepts`` columns), ``none``, or a CSV/Parquet file.
     ``simulator``: the embedder that simulates the
     explanations for the test correlation and the ablation score; it must differ from every explainer
     (left out: each explainer scores itself, which overestimates). ``lam``: the elastic net's lambda."""
@@ -82,8 +84,12 @@ class ExplainConfig:
             or len(set(self.explainers)) != len(self.explainers)
             or not all(self.explainers)
         ):
-            raise SpecError("explain.explainers: list distinct explainers, e.g. [label] or [label, oracle-a]")
-        if self.simulator is not None and (self.simulator == "label" or self.simulator in self.explainers):
+            raise SpecError(
+                "explain.explainers: list distinct explainers, e.g. [label] or [label, annotations, oracle-a]"
+            )
+        if self.simulator is not None and (
+            self.simulator in ("label", "annotations") or self.simulator in self.explainers
+        ):
             raise SpecError(
                 f"explain.simulator {self.simulator!r} must be an embedder different from every explainer "
                 f"{list(self.explainers)}: a simulator that shares the explainer's view overestimates "
@@ -113,6 +119,12 @@ class ExplainConfig:
             raise SpecError(
                 f"explain.lam must be > 0 and explain.l1_ratio in (0, 1]; got {self.lam}, {self.l1_ratio}"
             )
+        if "annotations" in self.explainers and self.annotations == "none":
+            raise SpecError(
+                "explain.explainers: 'annotations' needs per-image concept annotations and "
+                "explain.annotations is none; set it to auto or to a CSV/Parquet file with 'path' and "
+                "'concepts' columns, or drop 'annotations'"
+            )
         if self.max_length < 1 or self.width < 1 or not self.tolerance > 0:
             raise SpecError("explain: max_length (v) and width (r) must be >= 1 and tolerance (eps) > 0")
         if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1.0) > 1e-9:
@@ -134,8 +146,9 @@ class ExplainConfig:
 
     @property
     def embedders(self) -> tuple[str, ...]:
-        """Every embedder the stage needs (explainers other than ``label``, then the simulator)."""
-        names = [e for e in self.explainers if e != "label"]
+        """Every embedder the stage needs (explainers other than ``label`` and ``annotations``, then the
+        simulator)."""
+        names = [e for e in self.explainers if e not in ("label", "annotations")]
         return tuple(names + ([self.simulator] if self.simulator else []))
 
 

@@ -35,10 +35,13 @@ from neurodis.kernels.moments import MomentAccumulator, Moments
 from neurodis.methods.embed.store import stack_vectors
 from neurodis.methods.le.plan import STAGE, ExplainPlan, label_records
 from neurodis.methods.le.sources import (
+    ANNOTATIONS,
+    GIVEN,
     LABEL,
     ConceptSource,
     LabelSource,
-    image_concepts,
+    annotation_concepts,
+    label_concepts,
     load_embedder_source,
 )
 from neurodis.methods.le.tables import EXPLANATIONS, LE_CONCEPTS, LE_SPLIT
@@ -118,7 +121,9 @@ def probe_records(layout: RunLayout) -> list[ProbeRecord]:
 def load_source(plan: ExplainPlan, explainer: str, device: str = "cpu") -> ConceptSource:
     if explainer == LABEL:
         records = label_records(plan.spec, plan.layout, probe_records(plan.layout), plan.classes)
-        return LabelSource(image_concepts(plan.spec, records))
+        return LabelSource(label_concepts(plan.spec, records))
+    if explainer == ANNOTATIONS:
+        return LabelSource(annotation_concepts(plan.spec, probe_records(plan.layout)), ANNOTATIONS)
     e = plan.embedder(explainer)
     return load_embedder_source(e.aux_dir, explainer, device, e.exposed)
 
@@ -171,7 +176,7 @@ def concepts_unit_task(plan: ExplainPlan, explainer: str) -> dict[str, Any]:
         ids = np.intersect1d(source.image_ids(), np.array(sorted(load_split(plan.layout)), np.int64))
         top5, std = concept_stats(source, ids, cfg.chunk_images)
         kept = std >= cfg.min_std
-        if explainer != LABEL:
+        if explainer not in GIVEN:
             kept &= top5 >= cfg.min_top5
         n = len(source.concepts)
         table = pa.table(

@@ -25,11 +25,15 @@ from neurodis.io.manifest import committed
 from neurodis.methods.forward import shards as forward
 from neurodis.methods.forward.shards import predicted_classes, predicts
 from neurodis.methods.le.sources import (
+    ANNOTATIONS,
     LABEL,
     EmbedderPlan,
+    annotation_concepts,
+    annotations_available,
     annotations_digest,
     embedder_plans,
     image_concepts,
+    label_concepts,
 )
 from neurodis.models.layers import discover_layers, hooked, resolve_layers
 from neurodis.models.loading import load_model, resolve_preprocess, torchvision_categories
@@ -249,20 +253,48 @@ def _check_labels(spec: AuditSpec, classes: tuple[str, ...], records: Sequence[P
 
 
 def given_concepts(spec: AuditSpec, records: Sequence[ProbeRecord]) -> tuple[str, ...]:
-    """The label concepts of the records' own labels and annotations (classes, superclasses)."""
+    """Every label concept of the records' own labels and annotations (classes, superclasses,
+    annotations): what a fitted calibration is fitted against."""
     return tuple(sorted(set().union(*image_concepts(spec, records).values())))
 
 
 def label_names(spec: AuditSpec, records: Sequence[ProbeRecord]) -> tuple[str, ...]:
-    """Every label concept of the probe set (classes, superclasses, annotations); the ``label``
-    explainer needs at least one."""
-    names = given_concepts(spec, records)
+    """The ``label`` explainer's concepts: every class and superclass label of the probe set; it needs at
+    least one when it explains."""
+    names = tuple(sorted(set().union(*label_concepts(spec, records).values())))
     if LABEL in spec.explain.explainers and not names:
         raise SpecError(
-            "explain.explainers: 'label' needs class labels or concept annotations, and this probe set "
-            "has neither; use an embedder explainer or give explain.annotations"
+            "explain.explainers: 'label' needs class labels, and this probe set has none; use "
+            "'annotations' (with explain.annotations) or an embedder explainer instead"
         )
     return names
+
+
+def annotation_names(spec: AuditSpec, records: Sequence[ProbeRecord]) -> tuple[str, ...]:
+    """The ``annotations`` explainer's concepts (empty when it does not explain); it needs at least one."""
+    if ANNOTATIONS not in spec.explain.explainers:
+        return ()
+    if not annotations_available(spec):
+        raise SpecError(
+            f"explain.explainers: 'annotations' needs per-image concept annotations, and "
+            f"explain.annotations: {spec.explain.annotations} finds none for {data_key(spec.data)} (auto "
+            "reads the testbed world's scenes or an image folder's metadata.parquet); give explain."
+            "annotations: a CSV/Parquet file with 'path' and 'concepts' columns, or drop 'annotations'"
+        )
+    names = tuple(sorted(set().union(*annotation_concepts(spec, records).values())))
+    if not names:
+        raise SpecError(
+            f"explain.explainers: 'annotations' found no concept annotated on any probe image in "
+            f"explain.annotations {spec.explain.annotations!r}; check its 'path' column names the probe "
+            "images, or drop 'annotations'"
+        )
+    return names
+
+
+def given_named(labels: Sequence[str], annotations: Sequence[str], spec: AuditSpec) -> tuple[str, ...]:
+    """The concepts the ``label`` and ``annotations`` explainers in use can name."""
+    named = set(labels if LABEL in spec.explain.explainers else ()) | set(annotations)
+    return tuple(sorted(named))
 
 
 def label_records(
@@ -287,16 +319,17 @@ def plan_explain(spec: AuditSpec, layout: RunLayout) -> tuple[ExplainPlan, list[
     fp = fingerprint(records)
     pre, layers, classes = plan_heads(spec, records)
     fwd = _forward_hashes(layout, [lp.path for lp in layers])
-    if predicts(spec):  # the label explainer names each image's predicted class
-        given = given_concepts(spec, records)
-        labels = label_names(spec, label_records(spec, layout, records, classes))
-    else:
-        labels = given = label_names(spec, records)
-    emb = embedder_plans(spec, layout, records, labels, given)
+    given = given_concepts(spec, records)  # a fitted calibration fits on these
+    # with data.labels: predicted the label explainer names each image's predicted class
+    labelled = label_records(spec, layout, records, classes) if predicts(spec) else records
+    labels = label_names(spec, labelled)
+    annotated = annotation_names(spec, records)
+    emb = embedder_plans(spec, layout, records, given_named(labels, annotated, spec), given)
     split_hash = stable_hash(SCHEMA_VERSION, fp, cfg.split, cfg.split_seed)
-    sources = {LABEL: stable_hash(fp, labels, annotations_digest(spec))} | {
-        n: e.config_hash for n, e in emb.items()
-    }
+    sources = {
+        LABEL: stable_hash(fp, labels, annotations_digest(spec)),
+        ANNOTATIONS: stable_hash(fp, annotated, annotations_digest(spec)),
+    } | {n: e.config_hash for n, e in emb.items()}
     explain_hash = stable_hash(
         SCHEMA_VERSION,
         fwd,

@@ -1,8 +1,11 @@
 """Where Linear Explanations' concept matrices come from.
 
-- ``label``: a multi-hot matrix of each image's class label, its superclasses (``embed.superclasses``, or
-  the testbed world's) and, where the probe set has them, per-image concept annotations (the testbed
-  world's scene concepts for ``data.kind: synthetic``; ``explain.annotations`` otherwise).
+- ``label``: a multi-hot matrix of each image's class label and its superclasses (``embed.superclasses``,
+  the testbed world's, or an annotations file's ``superclasses`` column) -- LE(Label) as the paper
+  defines it.
+- ``annotations``: a multi-hot matrix of per-image concept annotations (NetDissect-style): the testbed
+  world's scene concepts for ``data.kind: synthetic``, an image folder's ``metadata.parquet``, or the
+  file ``explain.annotations`` names.
 - an embedder: ``P = sigmoid(a * cos(E_T(c), E_I(x)) + a * b)`` from whole-image and concept embeddings
   and the embedder's calibration ``(a, b)``. Each embedder the stage needs (explainers and simulator) gets
   an auxiliary embedding run under ``RUN/_le_embed/<embedder>/`` planned and computed by the embed stage's
@@ -53,6 +56,8 @@ from neurodis.types import SpecError
 log = logging.getLogger(__name__)
 
 LABEL = "label"
+ANNOTATIONS = "annotations"
+GIVEN = (LABEL, ANNOTATIONS)  # explainers read from the probe set's own labels, not an embedder
 LE_SET = "le"  # concept-set name of the auxiliary embedding runs
 
 
@@ -69,10 +74,12 @@ class ConceptSource(Protocol):
 # label source
 
 
-def _read_annotations(path: str, records: Sequence[ProbeRecord]) -> dict[int, set[str]]:
+def _read_annotations(
+    path: str, records: Sequence[ProbeRecord]
+) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
     """``explain.annotations``: CSV/Parquet with ``path`` and ``concepts`` (a list, or one string with
     concepts separated by ``|``) and optionally ``superclasses``; relative paths are read from the file's
-    folder."""
+    folder. Per image: (its annotated concepts, its superclasses)."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
@@ -89,6 +96,7 @@ def _read_annotations(path: str, records: Sequence[ProbeRecord]) -> dict[int, se
         )
     by_path = {os.path.normpath(os.path.abspath(r.path)): r.image_id for r in records}
     out: dict[int, set[str]] = {}
+    sup_out: dict[int, set[str]] = {}
     unmatched = 0
     supers = (
         table["superclasses"].to_pylist() if "superclasses" in table.column_names else [None] * table.num_rows
@@ -98,33 +106,65 @@ def _read_annotations(path: str, records: Sequence[ProbeRecord]) -> dict[int, se
         if full not in by_path:
             unmatched += 1
             continue
-        items = [
-            *(cs if isinstance(cs, list) else str(cs or "").split("|")),
-            *(sc if isinstance(sc, list) else str(sc or "").split("|")),
-        ]
-        out.setdefault(by_path[full], set()).update(label_text(c) for c in items if c and c.strip())
+        for into, items in ((out, cs), (sup_out, sc)):
+            names = items if isinstance(items, list) else str(items or "").split("|")
+            into.setdefault(by_path[full], set()).update(label_text(c) for c in names if c and c.strip())
     if unmatched:
         log.warning("explain.annotations: %d row(s) name images outside the probe set; ignored", unmatched)
-    return out
+    return out, sup_out
 
 
-def image_concepts(spec: AuditSpec, records: Sequence[ProbeRecord]) -> dict[int, frozenset[str]]:
-    """Per image, its label concepts: class, superclasses, annotations."""
-    supers = embed.superclass_map(spec)
-    extra: dict[int, set[str]] = {}
-    source = annotations_file(spec)
+def annotations_available(spec: AuditSpec) -> bool:
+    """Whether ``explain.annotations`` can give per-image concept annotations (without reading them)."""
+    ref = spec.explain.annotations
+    return ref != "none" and (
+        (ref == "auto" and spec.data.kind == "synthetic") or annotations_file(spec) is not None
+    )
+
+
+def _annotations(
+    spec: AuditSpec, records: Sequence[ProbeRecord]
+) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
+    """Per image: (annotated concepts, superclasses given beside them), both empty without annotations."""
     if spec.explain.annotations == "auto" and spec.data.kind == "synthetic":
-        extra = synthetic_source().annotations(records)
-    elif source is not None:
-        extra = _read_annotations(str(source), records)
+        return synthetic_source().annotations(records), {}
+    source = annotations_file(spec)
+    return _read_annotations(str(source), records) if source is not None else ({}, {})
+
+
+def label_concepts(
+    spec: AuditSpec, records: Sequence[ProbeRecord], annotated_supers: dict[int, set[str]] | None = None
+) -> dict[int, frozenset[str]]:
+    """Per image, the ``label`` explainer's concepts: its class label and superclasses (from
+    ``embed.superclasses`` / the testbed world, and an annotations file's ``superclasses`` column)."""
+    supers = embed.superclass_map(spec)
+    if annotated_supers is None:  # the testbed world's scenes carry no superclasses: skip sampling them
+        synthetic = spec.explain.annotations == "auto" and spec.data.kind == "synthetic"
+        annotated_supers = {} if synthetic else _annotations(spec, records)[1]
+    given = annotated_supers
     out = {}
     for r in records:
-        cs = set(extra.get(r.image_id, ()))
+        cs: set[str] = set()
         if r.label is not None:
             cs.add(label_text(r.label))
             cs.update(label_text(s) for s in supers.get(r.label, ()))
+        cs.update(given.get(r.image_id, ()))
         out[r.image_id] = frozenset(cs)
     return out
+
+
+def annotation_concepts(spec: AuditSpec, records: Sequence[ProbeRecord]) -> dict[int, frozenset[str]]:
+    """Per image, the ``annotations`` explainer's concepts (empty sets without annotations)."""
+    annotated = _annotations(spec, records)[0]
+    return {r.image_id: frozenset(annotated.get(r.image_id, ())) for r in records}
+
+
+def image_concepts(spec: AuditSpec, records: Sequence[ProbeRecord]) -> dict[int, frozenset[str]]:
+    """Per image, every label concept the probe set knows: class, superclasses, annotations (what a fitted
+    calibration is fitted against)."""
+    annotated, supers = _annotations(spec, records)
+    labels = label_concepts(spec, records, supers)
+    return {i: cs | frozenset(annotated.get(i, ())) for i, cs in labels.items()}
 
 
 def annotations_file(spec: AuditSpec) -> Path | None:
@@ -324,21 +364,20 @@ def embedder_plans(
     spec: AuditSpec,
     layout: RunLayout,
     records: Sequence[ProbeRecord],
-    label_concepts: Sequence[str],
+    given_named: Sequence[str],
     fit_concepts: Sequence[str] | None = None,
 ) -> dict[str, EmbedderPlan]:
     """One auxiliary embed plan per embedder of ``explain`` (explainers, simulator). Its concept texts:
-    the explainer's concept set, or for the simulator every concept an explanation can name (the label
-    explainer's ``label_concepts`` among them); plus, for a fitted calibration, the given label concepts
-    (class, superclass, annotations: ``fit_concepts``, default ``label_concepts``) it is fitted against."""
-    fit_concepts = label_concepts if fit_concepts is None else fit_concepts
+    the explainer's concept set, or for the simulator every concept an explanation can name (the
+    ``label`` and ``annotations`` explainers' ``given_named`` among them); plus, for a fitted calibration,
+    the given label concepts (class, superclass, annotations: ``fit_concepts``, default ``given_named``)
+    it is fitted against."""
+    fit_concepts = given_named if fit_concepts is None else fit_concepts
     cfg = spec.explain
-    _, own = explainer_concepts(spec) if any(e != LABEL for e in cfg.explainers) else ("", ())
+    _, own = explainer_concepts(spec) if any(e not in GIVEN for e in cfg.explainers) else ("", ())
     out: dict[str, EmbedderPlan] = {}
     for name in cfg.embedders:
-        exposed = set(own) | (
-            set(label_concepts) if name == cfg.simulator and LABEL in cfg.explainers else set()
-        )
+        exposed = set(own) | (set(given_named) if name == cfg.simulator else set())
         checkpoint, cal = embedder_settings(spec, name, fit_concepts)
         fit_on = tuple(sorted(fit_concepts)) if cal == "fit" else ()
         sub = dataclasses.replace(

@@ -25,7 +25,7 @@ LE_CONCEPTS = table_spec(
     "Each explainer's concept set and the filter: an embedder's concept is kept when the mean of its "
     "top-5 probabilities over the probe set is >= explain.min_top5 and its std >= explain.min_std.",
     [
-        ("explainer", pa.string(), "'label' or the embedder name"),
+        ("explainer", pa.string(), "'label', 'annotations' or the embedder name"),
         ("concept", pa.string(), "the concept"),
         ("top5_mean", pa.float64(), "mean of the five largest P(concept | image) over the probe set"),
         ("std", pa.float64(), "standard deviation of P(concept | image) over the probe set"),
@@ -42,7 +42,7 @@ EXPLANATIONS = table_spec(
     [
         ("layer", pa.string(), "module path"),
         ("channel", pa.int32(), "channel index"),
-        ("explainer", pa.string(), "'label' or the embedder name"),
+        ("explainer", pa.string(), "'label', 'annotations' or the embedder name"),
         ("concepts", pa.list_(pa.string()), "selected concepts, in selection order"),
         (
             "weights",
