@@ -18,11 +18,13 @@ import ast
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,10 +76,17 @@ def default_cache_dir() -> Path:
 _BUILD_MODULES = ("world.py", "design.py", "net.py", "training.py", "evaluation.py", "model.py")
 
 
+_AST_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=64)
 def _code_only(source: str) -> str:
     """The module's syntax tree without docstrings (comments are not in it): edits to the prose of the
-    testbed do not invalidate cached models, edits to its code do."""
-    tree = ast.parse(source)
+    testbed do not invalidate cached models, edits to its code do. ``ast.parse`` is not safe to call from
+    several threads at once in CPython 3.11 (the demo loads models from worker threads): one at a time,
+    and each source is parsed once per process."""
+    with _AST_LOCK:
+        tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (

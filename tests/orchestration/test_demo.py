@@ -6,46 +6,94 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from neurodis.orchestration.demo import DemoConfig, render_scorecard, run_demo
 from neurodis.orchestration.runners import LocalRunner
 
 
-def test_demo_small_end_to_end(tmp_path: Path):
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo") / "demo"
     cfg = DemoConfig(n_images=240, n_ref=20, psi_top_k=20, n_null=5)
-    result = run_demo(tmp_path / "demo", cfg, LocalRunner())
-    card = json.loads((tmp_path / "demo" / "scorecard.json").read_text())
+    return out, run_demo(out, cfg, LocalRunner())
+
+
+def test_demo_small_end_to_end(small_demo):
+    out, result = small_demo
+    card = json.loads((out / "scorecard.json").read_text())
     assert card == json.loads(json.dumps(result["scorecard"]))
-    assert {"testbed", "pure", "psi", "le", "patch_swap"} <= set(card)
+    assert {"testbed", "forward", "pure", "psi", "le", "trained", "patch_swap"} <= set(card)
+    assert set(result["summaries"]) == {"entangled", "superposition", "null-random", "null-permuted"}
     assert card["testbed"]["detector_auroc_min"] >= 0.95
     assert card["testbed"]["embedder_auroc_min"] >= 0.95
+    assert card["testbed"]["planted"] == {"linear": 20, "mono": 40, "poly": 120}
     assert card["patch_swap"]["status"] == "absent" and "ari_pure" not in card["patch_swap"]
+    for key in ("pure", "psi", "le", "trained"):
+        assert card[key].get("status") is None, (key, card[key])
     # the forward stage's references of planted neurons show their concepts
     assert card["forward"]["reference_precision"]["mono_mean"] >= 0.9
-    for key, fields in (
-        ("pure", ("ari_pure", "ari_activation")),
-        ("psi", ("auroc_poly_vs_mono",)),
-        ("le", ("precision", "recall", "test_corr")),
-    ):
-        section = card[key]
-        assert section.get("status") not in ("error",), (key, section)
-        if section.get("status") != "absent":
-            assert all(isinstance(section[f], (int, float)) for f in fields), (key, section)
-    assert card["pure"]["ari_pure"] > card["pure"]["ari_activation"]
-    # the per-image planted truth of this probe set, next to the run, agrees with the world's metadata
+    pure = card["pure"]
+    for f in ("ari_pure", "ari_pure_ci_low", "ari_pure_ci_high", "ari_activation", "ari_pure_oracle_k"):
+        assert isinstance(pure[f], float), f
+    assert pure["ari_pure_ci_low"] <= pure["ari_pure"] <= pure["ari_pure_ci_high"]
+    assert pure["rho"] == 0.5 and pure["n_neurons"] == 40
+    assert [s["rho"] for s in pure["sweep"]] == [0.0, 0.25, 0.5]
+    assert all(s["n_neurons"] == 40 for s in pure["sweep"])
+    assert pure["ari_pure"] > pure["ari_activation"]
+    psi = card["psi"]
+    assert (psi["n_poly"], psi["n_mono"]) == (120, 40)
+    assert psi["auroc_ci_low"] <= psi["auroc_poly_vs_mono"] <= psi["auroc_ci_high"]
+    assert 0.0 <= psi["null_net_above_null_rate"] <= 1.0 and psi["null_net_above_null"]["n"] > 0
+    le = card["le"]
+    assert le["headline"] == "oracle-a" and le["n_vocabulary"] >= 200 and le["n_linear"] == 20
+    assert all(isinstance(le[f], float) for f in ("precision", "recall", "test_corr"))
+    label = le["explainers"]["label"]
+    assert label["n_vocabulary"] < 40  # class and superclass labels only
+    assert "null_net_test_corr" in le and "permuted_net_test_corr" in le
+    trained = card["trained"]
+    for f in ("pure_ari", "psi_auroc", "le_recall"):
+        assert trained[f"{f}_ci_low"] <= trained[f] <= trained[f"{f}_ci_high"], f
+    assert trained["measured"]["poly"] >= 2 and trained["measured"]["mono"] >= 2
+    stab = pure["split_stability"]
+    assert {"poly", "mono", "null-random", "null-permuted"} <= set(stab)
+    # the per-image planted truth of this probe set, next to the runs, agrees with the world's metadata
     import pyarrow.parquet as pq
 
     from neurodis.testbed.world import read_metadata
 
-    truth = pq.read_table(tmp_path / "demo" / "probe_truth.parquet").to_pylist()
-    shown = {int(m["index"]): set(m["concepts"]) for m in read_metadata(tmp_path / "demo" / "probe")}
+    truth = pq.read_table(out / "probe_truth.parquet").to_pylist()
+    shown = {int(m["index"]): set(m["concepts"]) for m in read_metadata(out / "probe")}
     assert len(truth) == 240 * sum(card["testbed"]["planted"].values())
     gt = json.loads((Path(card["testbed"]["model_dir"]) / "ground_truth.json").read_text())
     concepts = {(n["layer"], n["channel"]): n["concepts"] for n in gt["neurons"]}
     for r in truth:
         assert r["present"] == [c for c in concepts[(r["layer"], r["channel"])] if c in shown[r["index"]]]
-        assert (tmp_path / "demo" / "probe" / r["path"]).is_file()
+        assert (out / "probe" / r["path"]).is_file()
     text = render_scorecard(card)
-    assert "patch_swap absent" in text and "pure" in text
+    assert "patch_swap absent" in text and "rho=0.25" in text and "trained" in text
+
+
+def test_forward_reference_precision_fails_a_wrong_truth(small_demo):
+    """The forward scorer on a deliberately wrong truth (every neuron given another neuron's concepts)."""
+    from neurodis.methods.forward.scorer import reference_precision
+    from neurodis.testbed.world import read_metadata
+
+    out, result = small_demo
+    gt = json.loads((Path(result["scorecard"]["testbed"]["model_dir"]) / "ground_truth.json").read_text())
+    meta = read_metadata(out / "probe")
+    monos = [n for n in gt["neurons"] if n["kind"] == "mono"]
+    right = reference_precision(out / "entangled", {"neurons": monos}, meta)
+    other = {c for n in monos for c in n["concepts"]}
+    wrong = [
+        {
+            **n,
+            "concepts": [sorted(other - set(n["concepts"]) - {"sky background", "grass background"})[i % 5]],
+        }
+        for i, n in enumerate(monos)
+    ]
+    assert reference_precision(out / "entangled", {"neurons": wrong}, meta)["mono_mean"] < 0.6
+    assert right["mono_mean"] >= 0.9
 
 
 def test_jobs_testbed_yaml_runs_what_the_demo_runs(tmp_path: Path):

@@ -51,11 +51,9 @@ def reference_truth(concepts: Sequence[str], present: frozenset[str]) -> str:
     return "+".join(shown) if shown else "none"
 
 
-def _selected_k(summary: list[dict[str, Any]], layer: str, channel: int, method: str) -> int | None:
-    for r in summary:
-        if r["layer"] == layer and r["channel"] == channel and r["method"] == method and r.get("selected"):
-            return int(r["k"])
-    return None
+def _selected(summary: list[dict[str, Any]]) -> dict[tuple[str, int, str], int]:
+    """(layer, channel, method) -> the k PURE's rule selected (``pure_summary.selected``)."""
+    return {(r["layer"], int(r["channel"]), r["method"]): int(r["k"]) for r in summary if r.get("selected")}
 
 
 def _ari(truth: list[str], labels: list[int]) -> float:
@@ -67,8 +65,8 @@ def _ari(truth: list[str], labels: list[int]) -> float:
 def _neuron_entry(
     n: Mapping[str, Any],
     clusters: pa.Table,
-    summary: list[dict[str, Any]],
-    path_of: dict[int, str],
+    selected: dict[tuple[str, int, str], int],
+    concepts_of: dict[int, frozenset[str]],
     ks: tuple[int, ...],
     k: int | None,
 ) -> dict[str, Any]:
@@ -80,12 +78,12 @@ def _neuron_entry(
             entry[key] = n[key]
     t = clusters.filter((ds.field("layer") == layer) & (ds.field("channel") == ch))
     for method in ("pure", "activation"):
-        chosen = k if k is not None else _selected_k(summary, layer, ch, method)
+        chosen = k if k is not None else selected.get((layer, ch, method))
         entry[f"k_{method}"] = chosen
         for variant, kk in (("", chosen), ("_oracle_k", oracle_k)):
             m = t.filter((ds.field("method") == method) & (ds.field("k") == (kk or -1))).sort_by("rank")
             ids, labels = m["image_id"].to_pylist(), m["cluster"].to_pylist()
-            present = image_concepts([path_of[i] for i in ids]) if ids else []
+            present = [concepts_of[i] for i in ids]
             truth = [reference_truth(concepts, p) for p in present]
             entry[f"ari_{method}{variant}"] = _ari(truth, labels) if ids else 0.0
             if method == "pure" and not variant:
@@ -140,11 +138,12 @@ def score_against_truth(
         gt["neurons"] = gt["planted"]
     layout, spec = open_run(run_dir)
     images = read_table(layout, "images")
-    path_of = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist()))
+    ids = images["image_id"].to_pylist()
+    concepts_of = dict(zip(ids, image_concepts(images["path"].to_pylist())))
     clusters = read_table(layout, "pure_clusters")
-    summary = read_table(layout, "pure_summary").to_pylist()
+    selected = _selected(read_table(layout, "pure_summary").to_pylist())
     ks = tuple(spec.pure.k)
-    entries = [_neuron_entry(n, clusters, summary, path_of, ks, k) for n in planted_neurons(gt, "poly")]
+    entries = [_neuron_entry(n, clusters, selected, concepts_of, ks, k) for n in planted_neurons(gt, "poly")]
     rhos = sorted({e["rho"] for e in entries if "rho" in e})
     out: dict[str, Any] = {}
     if rhos:
@@ -158,46 +157,46 @@ def score_against_truth(
 
 
 def split_stability(
-    run_dir: str | Path, layer: str, k: int | None = None, n_splits: int = 10, seed: int = 0
+    run_dir: str | Path, layer: str, k: int | None = None, n_splits: int = 10, n_init: int = 5, seed: int = 0
 ) -> dict[str, Any]:
     """How reproducible PURE's split of each neuron is, a false-positive figure for networks without
-    planted structure: k-means (the run's ``pure.n_init``) on a random half of the neuron's attribution
-    rows, every reference assigned to the nearest of those centroids, and the ARI of that assignment
-    with the run's own partition; mean over ``n_splits`` halves per neuron, then mean over neurons with a
-    bootstrap interval. ``k``: default the k PURE's rule selected per neuron. Neurons without an 'ok'
-    partition are skipped (counted in ``n_skipped``)."""
-    from neurodis.kernels.clustering import kmeans
+    planted structure: k-means (best of ``n_init`` k-means++ starts) on a random half of the neuron's
+    attribution rows, every reference assigned to the nearest of those centroids, and the ARI of that
+    assignment with the run's own partition; mean over ``n_splits`` halves per neuron, then mean over
+    neurons with a bootstrap interval. ``k``: default the k PURE's rule selected per neuron. Neurons
+    without an 'ok' partition are skipped (counted in ``n_skipped``). The halves of one neuron run as one
+    batch of the torch k-means (``neurodis.kernels.kmeans``)."""
+    import torch
 
-    layout, spec = open_run(run_dir)
+    from neurodis.kernels.kmeans import kmeans
+
+    layout, _ = open_run(run_dir)
     attr = read_table(layout, "pure_attributions", filter=ds.field("layer") == layer)
     clusters = read_table(
         layout, "pure_clusters", filter=(ds.field("layer") == layer) & (ds.field("method") == "pure")
     )
     summary = read_table(layout, "pure_summary", filter=ds.field("layer") == layer).to_pylist()
+    selected = _selected(summary)
     rng = np.random.default_rng(seed)
     per: dict[int, float] = {}
     skipped = 0
     for ch in sorted({int(r["channel"]) for r in summary if r["method"] == "pure"}):
-        kk = k if k is not None else _selected_k(summary, layer, ch, "pure")
+        kk = k if k is not None else selected.get((layer, ch, "pure"))
         part = clusters.filter((ds.field("channel") == ch) & (ds.field("k") == (kk or -1))).sort_by("rank")
         if kk is None or part.num_rows < 2 * kk:
             skipped += 1
             continue
         rows = attr.filter(ds.field("channel") == ch).sort_by("rank")
-        x = np.asarray(rows["attribution"].to_pylist(), np.float64)
-        labels = part["cluster"].to_numpy()
-        scores = []
-        for _ in range(n_splits):
-            half = rng.permutation(len(x))[: len(x) // 2]
-            cl = kmeans(x[half], kk, spec.pure.n_init, spec.pure.seed)
-            if cl.status != "ok":
-                continue
-            d = ((x[:, None, :] - cl.centers[None, :, :].astype(np.float64)) ** 2).sum(-1)
-            scores.append(_ari([str(v) for v in labels], d.argmin(1).tolist()))
-        if scores:
-            per[ch] = float(np.mean(scores))
-        else:
-            skipped += 1
+        x = torch.as_tensor(np.asarray(rows["attribution"].to_pylist(), np.float64))
+        labels = [str(v) for v in part["cluster"].to_numpy()]
+        halves = np.stack([rng.permutation(len(x))[: len(x) // 2] for _ in range(n_splits)])
+        xb = x[torch.as_tensor(halves)].repeat_interleave(n_init, dim=0)  # [splits * inits, n/2, d]
+        u = torch.as_tensor(rng.random((len(xb), kk)))
+        res = kmeans(xb, torch.full((len(xb),), kk), u)
+        best = res.inertia.view(n_splits, n_init).argmin(1)
+        centers = res.centers.view(n_splits, n_init, kk, -1)[torch.arange(n_splits), best]  # [splits, k, d]
+        assign = torch.cdist(x.unsqueeze(0).expand(n_splits, -1, -1), centers).argmin(-1)
+        per[ch] = float(np.mean([_ari(labels, a.tolist()) for a in assign]))
     stats = mean_with_ci(list(per.values()), seed=seed)
     return {
         "stability": stats["value"],
