@@ -378,7 +378,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, runner: Runner | No
     card["seconds"] = round(time.time() - t0, 1)
     card["audit_seconds"] = seconds
     write_json_atomic(card, out / "scorecard.json")
-    head = summaries.get(HEADLINE) or next(iter(summaries.values()), {})
+    head: dict[str, Any] = summaries.get(HEADLINE) or next(iter(summaries.values()), {})
     return {"summary": head, "summaries": summaries, "scorecard": card}
 
 
