@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_status)
 
     dm = sub.add_parser("demo", help="audit the ground-truth testbed and score every method against it")
-    dm.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    dm.add_argument(
+        "--out", default="runs/demo", help="folder for the probe set, one run per network and scorecard.json"
+    )
     dm.add_argument("--images", type=int, default=DEMO_IMAGES, help=f"probe images (default {DEMO_IMAGES})")
     dm.add_argument("--address", help="Ray cluster address (default: an embedded local Ray)")
     dm.add_argument("--local", action="store_true", help="run in this process without Ray")

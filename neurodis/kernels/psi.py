@@ -398,7 +398,7 @@ def calibrate(raw: np.ndarray, null: np.ndarray, eps: float = 1e-6, tie_tol: flo
     diff = raw - mu
     tie = (sd <= tie_tol) & (np.abs(diff) <= tie_tol)
     z = np.where(tie, 0.0, diff / (sd + eps))
-    hat = 1.0 / (1.0 + np.exp(-z))
+    hat = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic sigmoid, without overflow for large |z|
     return Calibrated(raw, null, z, hat, sd <= tie_tol)
 
 

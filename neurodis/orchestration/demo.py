@@ -276,7 +276,41 @@ def build_scorecard(
         else _absent("the superposition audit did not run")
     )
     card["patch_swap"] = _absent("causal patch-swap interventions are not built yet")
+    card["goals"] = goals(card)
     return card
+
+
+def _get(card: dict[str, Any], path: str) -> Any:
+    node: Any = card
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+#: the quality bars the scorecard is held to: (name, figure, comparison, bar)
+GOALS: tuple[tuple[str, str, str, str | float], ...] = (
+    ("pure_ari_ci_low_at_rho_0.5", "pure.ari_pure_ci_low", ">=", 0.7),
+    ("pure_above_activation", "pure.ari_pure_ci_low", ">", "pure.ari_activation_ci_high"),
+    ("psi_auroc_ci_low", "psi.auroc_ci_low", ">=", 0.9),
+    ("psi_null_net_above_null_rate", "psi.null_net_above_null_rate", "<=", 0.1),
+    ("le_precision", "le.precision", ">=", 0.8),
+    ("le_recall", "le.recall", ">=", 0.8),
+    ("le_vocabulary", "le.n_vocabulary", ">=", 200),
+)
+
+
+def goals(card: dict[str, Any]) -> dict[str, Any]:
+    """Each quality bar with the figure it reads and whether it is met (``None`` when the figure is
+    missing). ``pure_above_activation`` asks that the intervals of PURE and the baseline do not overlap."""
+    out: dict[str, Any] = {}
+    for name, figure, op, bar in GOALS:
+        value = _get(card, figure)
+        target = _get(card, bar) if isinstance(bar, str) else bar
+        met = None
+        if isinstance(value, (int, float)) and isinstance(target, (int, float)):
+            met = {">=": value >= target, ">": value > target, "<=": value <= target}[op]
+        out[name] = {"figure": figure, "value": value, "bar": f"{op} {target}", "met": met}
+    return out
 
 
 def write_probe(world: Any, probe: Path) -> Path:
@@ -390,6 +424,7 @@ def render_scorecard(card: dict[str, Any]) -> str:
     """The scorecard as text: one line per section, figures with their intervals where they have one."""
     lines = ["scorecard (against truth the methods cannot read off the wiring):"]
     keys = ["testbed", *(m.name for m in registry.METHODS if m.name in card), "trained", "patch_swap"]
+    missed = [k for k, g in card.get("goals", {}).items() if g["met"] is False]
     for key in keys:
         section = card.get(key, {})
         if section.get("status") == "absent":
@@ -415,4 +450,10 @@ def render_scorecard(card: dict[str, Any]) -> str:
                 f"[{_fmt(entry['ari_pure_ci_low'])}, {_fmt(entry['ari_pure_ci_high'])}], "
                 f"ari_activation={_fmt(entry['ari_activation'])} (n={entry['n_neurons']})"
             )
+    if card.get("goals"):
+        met = sum(1 for g in card["goals"].values() if g["met"])
+        lines.append(
+            f"  goals      {met} of {len(card['goals'])} met"
+            + (f"; missed: {', '.join(missed)}" if missed else "")
+        )
     return "\n".join(lines)
