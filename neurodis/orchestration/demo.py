@@ -438,9 +438,13 @@ def render_scorecard(card: dict[str, Any]) -> str:
             for k, v in section.items()
             if not isinstance(v, (dict, list)) and k not in ("model_dir", "truth") and "_ci_" not in k
         }
+        for k, v in section.items():  # one level of nested figures (forward.reference_precision)
+            if isinstance(v, dict) and v and all(isinstance(x, float) for x in v.values()):
+                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
         items = []
         for k, v in flat.items():
-            lo, hi = section.get(f"{k}_ci_low"), section.get(f"{k}_ci_high")
+            stem = "auroc" if k == "auroc_poly_vs_mono" else k
+            lo, hi = section.get(f"{stem}_ci_low"), section.get(f"{stem}_ci_high")
             ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if isinstance(lo, float) and isinstance(hi, float) else ""
             items.append(f"{k}={_fmt(v)}{ci}")
         lines.append(f"  {key:<10} " + ", ".join(items))
