@@ -20,10 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ import torch
 from torch import nn
 from zennit.layer import Sum
 
+from neurodis.testbed.cache import build_cached, code_digest
 from neurodis.testbed.design import Layout, PlantedSpec, unexcluded_pairs
 from neurodis.testbed.entangled_design import (
     GROUP_SIZE,
@@ -49,8 +47,6 @@ from neurodis.testbed.model import (
     REPORT_FILE,
     TRUTH_FILE,
     _build_context,
-    _code_only,
-    _file_lock,
     build_testbed,
     default_cache_dir,
 )
@@ -172,10 +168,7 @@ def weighted_layers(model: EntangledNet) -> dict[str, nn.Conv2d | nn.Linear]:
 
 def source_digest() -> str:
     """Digest of this testbed's code (docstrings excluded)."""
-    h = hashlib.sha256()
-    for name in _MODULES:
-        h.update(name.encode() + b"\0" + _code_only((Path(__file__).parent / name).read_text()).encode())
-    return h.hexdigest()[:16]
+    return code_digest(Path(__file__).parent / name for name in _MODULES)
 
 
 def entangled_key(seed: int, variant: str, base_folder: str) -> str:
@@ -623,29 +616,13 @@ def build_entangled(
         )
     world = WorldConfig.from_json(json.loads((base / TRUTH_FILE).read_text())["world"])
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = entangled_key(seed, variant, base.name)
-    final = cache / f"entangled-{key}"
-    if final.is_dir():
-        return final
-    with _file_lock(cache / f".entangled-{key}.lock"):
-        if final.is_dir():
-            return final
-        log.info("building entangled testbed %s (%s, seed %d) into %s", key, variant, seed, cache)
+
+    def build() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         if variant == "planted":
-            model, truth, report = _build_planted(seed, base, world)
-        else:
-            model, truth, report = _build_null(seed, variant, base, world, cache)
-        tmp = cache / f".entangled-{key}.{uuid.uuid4().hex}.tmp"
-        tmp.mkdir(parents=True)
-        try:
-            torch.save(model.state_dict(), tmp / MODEL_FILE)
-            (tmp / TRUTH_FILE).write_text(json.dumps(truth, indent=1, sort_keys=True))
-            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=True))
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("entangled testbed %s built in %.1f s: %s", key, report["build_seconds"], report["summary"])
-    return final
+            return _build_planted(seed, base, world)
+        return _build_null(seed, variant, base, world, cache)
+
+    return build_cached(cache, "entangled", entangled_key(seed, variant, base.name), build)
 
 
 def load_entangled_model(

@@ -14,19 +14,13 @@ Audit specs name the model as ``model: {arch: "neurodis.testbed.model:load_testb
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
-import fcntl
-import functools
 import hashlib
 import json
 import logging
 import os
-import shutil
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neurodis.testbed.cache import MODEL_FILE, REPORT_FILE, TRUTH_FILE, build_cached, code_digest
 from neurodis.testbed.design import DESIGN, LOWER_LAYER, PLANTED_LAYER, Layout, layout, unexcluded_pairs
 from neurodis.testbed.evaluation import evaluate, summarise
 from neurodis.testbed.net import PREPROCESS_CONFIG, TestbedNet, Wiring
@@ -63,7 +58,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 #: bump when a change to the world, the design or the training changes what gets built
 TESTBED_VERSION = "1"
-MODEL_FILE, TRUTH_FILE, REPORT_FILE = "model.pt", "ground_truth.json", "report.json"
 
 
 def default_cache_dir() -> Path:
@@ -76,36 +70,9 @@ def default_cache_dir() -> Path:
 _BUILD_MODULES = ("world.py", "design.py", "net.py", "training.py", "evaluation.py", "model.py")
 
 
-_AST_LOCK = threading.Lock()
-
-
-@functools.lru_cache(maxsize=64)
-def _code_only(source: str) -> str:
-    """The module's syntax tree without docstrings (comments are not in it): edits to the prose of the
-    testbed do not invalidate cached models, edits to its code do. ``ast.parse`` is not safe to call from
-    several threads at once in CPython 3.11 (the demo loads models from worker threads): one at a time,
-    and each source is parsed once per process."""
-    with _AST_LOCK:
-        tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
-
-
 def source_digest() -> str:
     """Digest of the testbed code that determines a build, so an edited testbed never reuses a stale cache."""
-    h = hashlib.sha256()
-    for name in _BUILD_MODULES:
-        h.update(name.encode() + b"\0" + _code_only((Path(__file__).parent / name).read_text()).encode())
-    return h.hexdigest()[:16]
+    return code_digest(Path(__file__).parent / name for name in _BUILD_MODULES)
 
 
 def testbed_key(seed: int, world: WorldConfig, train: TrainConfig) -> str:
@@ -122,17 +89,6 @@ def testbed_key(seed: int, world: WorldConfig, train: TrainConfig) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -239,26 +195,7 @@ def build_testbed(
             f"build it with WorldConfig(image_size={PREPROCESS_CONFIG['resize']}), not {world.image_size}"
         )
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = testbed_key(seed, world, train)
-    final = cache / f"testbed-{key}"
-    if final.is_dir():
-        return final
-    with _file_lock(cache / f".testbed-{key}.lock"):
-        if final.is_dir():  # another process built it while we waited
-            return final
-        log.info("building testbed model %s (seed %d) into %s", key, seed, cache)
-        model, truth, report = _train(seed, world, train)
-        tmp = cache / f".testbed-{key}.{uuid.uuid4().hex}.tmp"
-        tmp.mkdir(parents=True)
-        try:
-            torch.save(model.state_dict(), tmp / MODEL_FILE)
-            (tmp / TRUTH_FILE).write_text(json.dumps(truth, indent=1, sort_keys=True))
-            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=True))
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("testbed model %s built in %.1f s: %s", key, report["build_seconds"], report["summary"])
-    return final
+    return build_cached(cache, "testbed", testbed_key(seed, world, train), lambda: _train(seed, world, train))
 
 
 def load_testbed_model(cache_dir: Path | None = None, seed: int = 0) -> TestbedNet:

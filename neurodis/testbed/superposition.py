@@ -24,10 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from neurodis.testbed.cache import build_cached, code_digest
 from neurodis.testbed.model import (
     MODEL_FILE,
     REPORT_FILE,
-    TRUTH_FILE,
     _build_context,
-    _code_only,
-    _file_lock,
     build_testbed,
     default_cache_dir,
     load_testbed_model,
@@ -303,10 +298,7 @@ class SuperpositionConfig:
 
 def source_digest() -> str:
     """Digest of this module's and ``world.py``'s code (docstrings excluded)."""
-    h = hashlib.sha256()
-    for path in (Path(__file__), Path(__file__).parent / "world.py"):
-        h.update(path.name.encode() + b"\0" + _code_only(path.read_text()).encode())
-    return h.hexdigest()[:16]
+    return code_digest((Path(__file__), Path(__file__).parent / "world.py"))
 
 
 def superposition_key(seed: int, base_folder: str, cfg: SuperpositionConfig) -> str:
@@ -478,32 +470,9 @@ def build_superposition(
     cfg = config or SuperpositionConfig()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     base = build_testbed(cache_dir=Path(base_cache_dir) if base_cache_dir is not None else cache)
-    key = superposition_key(seed, base.name, cfg)
-    final = cache / f"superposition-{key}"
-    if final.is_dir():
-        return final
-    with _file_lock(cache / f".superposition-{key}.lock"):
-        if final.is_dir():  # another process built it while we waited
-            return final
-        log.info("building superposition model %s (seed %d) into %s", key, seed, cache)
-        model, truth, report = _train(seed, base, cfg)
-        tmp = cache / f".superposition-{key}.{uuid.uuid4().hex}.tmp"
-        tmp.mkdir(parents=True)
-        try:
-            torch.save(model.state_dict(), tmp / MODEL_FILE)
-            (tmp / TRUTH_FILE).write_text(json.dumps(truth, indent=1, sort_keys=True))
-            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=True))
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info(
-            "superposition model %s built in %.1f s: kinds %s, min readout AUROC %.3f",
-            key,
-            report["build_seconds"],
-            report["kinds"],
-            report["min_readout_auroc"],
-        )
-    return final
+    return build_cached(
+        cache, "superposition", superposition_key(seed, base.name, cfg), lambda: _train(seed, base, cfg)
+    )
 
 
 def load_superposition_model(cache_dir: Path | None = None, seed: int = 0) -> SuperpositionNet:

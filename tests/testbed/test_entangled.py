@@ -27,14 +27,6 @@ HELD_OUT = WorldConfig(seed=4242, n_images=400)  # a seed the build never draws 
 FIRE = 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("entangled-cache")

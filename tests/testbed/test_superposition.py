@@ -48,14 +48,6 @@ PROBE = WorldConfig(seed=9191, n_images=1000)  # a seed no build draws from
 _VALUES = (*CONCEPTS, PLAIN)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _digest(image: np.ndarray) -> str:
     return hashlib.sha256(image.tobytes()).hexdigest()[:16]
 

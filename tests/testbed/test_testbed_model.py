@@ -19,6 +19,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import neurodis.testbed.model as tbmodel
+from neurodis.testbed.cache import code_only
 from neurodis.testbed.model import (
     TestbedNet,
     TrainConfig,
@@ -33,15 +34,6 @@ HELD_OUT = WorldConfig(seed=9090, n_images=600)  # a seed the build never draws 
 TINY = TrainConfig(
     n_train=96, n_heldout=100, epochs=1, min_epochs=1, polish_epochs=0, head_epochs=1, batch_size=32
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions run fastest on one thread, and far faster when the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -265,5 +257,5 @@ def test_build_refuses_other_image_sizes(tmp_path) -> None:
 def test_cache_key_follows_code_not_docstrings() -> None:
     code = "def f(x):\n    return x + 1\n"
     documented = '"""A module."""\n# a comment\ndef f(x):\n    """Add one."""\n    return x + 1\n'
-    assert tbmodel._code_only(code) == tbmodel._code_only(documented)
-    assert tbmodel._code_only(code) != tbmodel._code_only(code.replace("+ 1", "+ 2"))
+    assert code_only(code) == code_only(documented)
+    assert code_only(code) != code_only(code.replace("+ 1", "+ 2"))
