@@ -119,3 +119,21 @@ def test_demo_probe_set_of_another_size_is_replaced(tmp_path: Path):
     write_probe(WorldConfig(n_images=6, image_size=32, seed=5), probe)
     write_probe(WorldConfig(n_images=9, image_size=32, seed=5), probe)
     assert len(read_metadata(probe)) == 9 and len(list(probe.rglob("*.png"))) == 9
+
+
+def test_concurrent_audits_run_all_and_raise_the_first_error():
+    from neurodis.orchestration.demo import _concurrently
+
+    done: list[str] = []
+
+    def fn(name: str) -> None:
+        if name == "bad":
+            raise RuntimeError("audit bad failed")
+        done.append(name)
+
+    _concurrently(fn, ["a", "b"])
+    assert sorted(done) == ["a", "b"]
+    done.clear()
+    with pytest.raises(RuntimeError, match="audit bad failed"):
+        _concurrently(fn, ["a", "bad", "c"])
+    assert sorted(done) == ["a", "c"]  # one failing audit does not stop the others
