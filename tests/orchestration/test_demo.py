@@ -137,3 +137,20 @@ def test_concurrent_audits_run_all_and_raise_the_first_error():
     with pytest.raises(RuntimeError, match="audit bad failed"):
         _concurrently(fn, ["a", "bad", "c"])
     assert sorted(done) == ["a", "c"]  # one failing audit does not stop the others
+
+
+def test_goals_say_met_missed_and_missing():
+    from neurodis.orchestration.demo import goals
+
+    card = {
+        "pure": {"ari_pure_ci_low": 0.75, "ari_activation_ci_high": 0.4},
+        "psi": {"auroc_ci_low": 0.85, "null_net_above_null_rate": 0.05},
+        "le": {"precision": 0.9, "recall": 0.79},
+    }
+    g = goals(card)
+    assert g["pure_ari_ci_low_at_rho_0.5"]["met"] is True and g["pure_above_activation"]["met"] is True
+    assert g["psi_auroc_ci_low"]["met"] is False and g["le_recall"]["met"] is False  # below their bars
+    assert g["psi_null_net_above_null_rate"]["met"] is True and g["le_precision"]["met"] is True
+    assert g["le_vocabulary"]["met"] is None  # no figure: neither met nor missed
+    card["pure"]["ari_activation_ci_high"] = 0.8  # the baseline's interval reaches above PURE's
+    assert goals(card)["pure_above_activation"]["met"] is False
