@@ -43,6 +43,8 @@ AUDITS: dict[str, tuple[str, str, str]] = {
     "null-permuted": ("neurodis.testbed.entangled:load_null_permuted_model", "planted", "mix"),
 }
 HEADLINE = "entangled"
+#: the null networks and the prefix of their figures in the scorecard
+NULLS: tuple[tuple[str, str], ...] = (("null-random", "null_net"), ("null-permuted", "permuted_net"))
 #: the LE explainer whose figures head the ``le`` section: an embedder choosing among the distractors
 LE_HEADLINE = "oracle-a"
 CONCEPT_SET = "testbed-distractors"
@@ -157,19 +159,17 @@ def _counts(truth: dict[str, Any]) -> dict[str, int]:
 
 
 def _pure_section(runs: dict[str, Path], truths: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from neurodis.kernels.bootstrap import mean_with_ci
     from neurodis.methods.pure.scorer import score_against_truth, split_stability
 
     run, (_, layer, _) = runs[HEADLINE], AUDITS[HEADLINE]
     out = score_against_truth(run, truths[HEADLINE])
-    stab = split_stability(run, layer)
+    per = split_stability(run, layer)["per_neuron"]
     kinds = {int(n["channel"]): n["kind"] for n in truths[HEADLINE]["neurons"]}
-    per = stab.pop("per_neuron")
-    from neurodis.kernels.bootstrap import mean_with_ci
-
     out["split_stability"] = {
         k: mean_with_ci([v for c, v in per.items() if kinds.get(c) == k]) for k in ("poly", "mono")
     }
-    for name in ("null-random", "null-permuted"):
+    for name, _ in NULLS:
         if name in runs:
             s = split_stability(runs[name], AUDITS[name][1])
             s.pop("per_neuron")
@@ -184,7 +184,7 @@ def _psi_section(runs: dict[str, Path], truths: dict[str, dict[str, Any]]) -> di
     layer = AUDITS[HEADLINE][1]
     planted_rate = above_null_rate(runs[HEADLINE], layer)
     out["planted_above_null_rate"] = planted_rate
-    for name, key in (("null-random", "null_net"), ("null-permuted", "permuted_net")):
+    for name, key in NULLS:
         if name in runs:
             rate = above_null_rate(runs[name], AUDITS[name][1])
             out[f"{key}_above_null_rate"] = rate["rate"]
@@ -200,7 +200,7 @@ def _le_section(runs: dict[str, Path], truths: dict[str, dict[str, Any]]) -> dic
 
     truth = {**truths[HEADLINE], "label_aliases": label_aliases()}
     out = score_against_truth(runs[HEADLINE], truth, headline=LE_HEADLINE)
-    for name, key in (("null-random", "null_net"), ("null-permuted", "permuted_net")):
+    for name, key in NULLS:
         if name in runs:
             t = read_table(runs[name], "explanations").to_pylist()
             corr = [r["test_corr"] for r in t if r["explainer"] == LE_HEADLINE and r["test_corr"] is not None]
@@ -216,7 +216,7 @@ def _trained_section(runs: dict[str, Path], truths: dict[str, dict[str, Any]]) -
     run, truth = runs["superposition"], truths["superposition"]
     pure = pure_score(run, truth)
     psi = psi_score(run, truth)
-    le = recall_of_concepts(run, {**truth}, LE_HEADLINE)
+    le = recall_of_concepts(run, truth, LE_HEADLINE)
     return {
         "truth": "measured on controlled renders (neurodis.testbed.superposition)",
         "measured": _counts(truth),

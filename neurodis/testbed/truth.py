@@ -36,6 +36,18 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def as_ground_truth(ground_truth: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A ground truth for the scorers, from a testbed folder, its ``ground_truth.json`` or the parsed
+    mapping (not modified): neurons under ``neurons`` (older files: ``planted``), each with its ``layer``
+    (filled from a top-level ``planted_layer`` or ``layer`` where a record has none)."""
+    gt = dict(ground_truth) if isinstance(ground_truth, Mapping) else load_ground_truth(ground_truth)
+    default = gt.get("planted_layer") or gt.get("layer")
+    gt["neurons"] = [
+        {**n, "layer": str(n.get("layer", default))} for n in gt.get("neurons", gt.get("planted")) or []
+    ]
+    return gt
+
+
 def label_aliases() -> dict[str, str]:
     """Label names that denote one concept of the world: a shape superclass (``squares``: the main
     object is a square) names that shape. Colour superclasses (``warm colours``) group several concepts

@@ -130,3 +130,20 @@ def test_probe_truth_agrees_with_rendered_samples(tmp_path) -> None:
     assert load_ground_truth(tmp_path) == GT
     with pytest.raises(FileNotFoundError, match="build_testbed"):
         load_ground_truth(tmp_path / "nowhere")
+
+
+def test_as_ground_truth_reads_folders_files_and_older_mappings(tmp_path) -> None:
+    import json
+
+    from neurodis.testbed.truth import as_ground_truth
+
+    old = {"planted_layer": "layer3", "planted": [{"channel": 4, "kind": "mono", "concepts": ["red"]}]}
+    gt = as_ground_truth(old)
+    assert gt["neurons"] == [{"channel": 4, "kind": "mono", "concepts": ["red"], "layer": "layer3"}]
+    assert "neurons" not in old and "layer" not in old["planted"][0]  # the caller's mapping is untouched
+    (tmp_path / "ground_truth.json").write_text(json.dumps(old))
+    assert as_ground_truth(tmp_path) == as_ground_truth(tmp_path / "ground_truth.json") == gt
+    kept = as_ground_truth(
+        {"neurons": [{"layer": "sup", "channel": 1, "kind": "poly"}], "planted_layer": "x"}
+    )
+    assert kept["neurons"][0]["layer"] == "sup"

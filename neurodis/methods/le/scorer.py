@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,19 +13,16 @@ FIGURES = ("precision", "recall", "test_corr")
 
 
 def _truth(ground_truth: Any) -> dict[str, Any]:
-    if isinstance(ground_truth, (str, Path)):
-        p = Path(ground_truth)
-        data = json.loads((p / "ground_truth.json" if p.is_dir() else p).read_text())
-        return dict(data)
-    return dict(ground_truth)
+    from neurodis.testbed.truth import as_ground_truth
+
+    return as_ground_truth(ground_truth)
 
 
 def _planted(truth: Mapping[str, Any]) -> list[tuple[str, int, str, list[str]]]:
     """(layer, channel, kind, concepts) of each planted (or measured) neuron of the ground truth."""
-    layer_default = truth.get("planted_layer")
     return [
-        (str(n.get("layer", layer_default)), int(n["channel"]), str(n["kind"]), list(n.get("concepts") or ()))
-        for n in truth.get("neurons", truth.get("planted", []))
+        (n["layer"], int(n["channel"]), str(n["kind"]), list(n.get("concepts") or ()))
+        for n in truth["neurons"]
     ]
 
 

@@ -4,9 +4,7 @@ with random weights)."""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,13 @@ def score_against_truth(run_dir: str | Path, ground_truth: Any, *, seed: int = 0
     were planted or measured. Only ``mono`` and ``poly`` count; a counted neuron without a log PSI is
     ``n_unscored``.
     """
-    truth = (
-        json.loads(Path(ground_truth).read_text()) if isinstance(ground_truth, (str, Path)) else ground_truth
-    )
-    planted = [x for x in _planted(truth) if x[2] in COUNTED]
+    from neurodis.testbed.truth import as_ground_truth
+
+    planted = [
+        (n["layer"], int(n["channel"]), str(n["kind"]))
+        for n in as_ground_truth(ground_truth)["neurons"]
+        if n["kind"] in COUNTED
+    ]
     table = read_table(run_dir, "psi", columns=["layer", "channel", "log_psi"])
     score = {
         (la, c): v
@@ -57,15 +58,6 @@ def score_against_truth(run_dir: str | Path, ground_truth: Any, *, seed: int = 0
         a = auroc_with_ci([k == "poly" for k in kinds], [v for _, v in scored], seed=seed)
         out.update(auroc_poly_vs_mono=a["value"], auroc_ci_low=a["ci_low"], auroc_ci_high=a["ci_high"])
     return out
-
-
-def _planted(truth: Any) -> list[tuple[str, int, str]]:
-    """(layer, channel, kind) of every listed neuron, from the ground-truth mapping (or a plain list)."""
-    items: Sequence[Any] = (
-        (truth.get("neurons", truth.get("planted")) or []) if isinstance(truth, dict) else truth
-    )
-    layer_default = (truth.get("planted_layer") or truth.get("layer")) if isinstance(truth, dict) else None
-    return [(str(it.get("layer", layer_default)), int(it["channel"]), str(it["kind"])) for it in items]
 
 
 def above_null(row: dict[str, Any]) -> bool:

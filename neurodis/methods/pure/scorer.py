@@ -131,11 +131,9 @@ def score_against_truth(
     and n. Neurons whose records carry ``rho`` (the entangled testbed) are also reported per level in
     ``sweep``, and the top-level figures are those of the highest level. A neuron without clusters (dead,
     failed) scores ARI 0."""
-    from neurodis.testbed.truth import load_ground_truth, planted_neurons
+    from neurodis.testbed.truth import as_ground_truth, planted_neurons
 
-    gt = dict(ground_truth) if isinstance(ground_truth, Mapping) else load_ground_truth(ground_truth)
-    if "neurons" not in gt and "planted" in gt:  # tolerate the older key
-        gt["neurons"] = gt["planted"]
+    gt = as_ground_truth(ground_truth)
     layout, spec = open_run(run_dir)
     images = read_table(layout, "images")
     ids = images["image_id"].to_pylist()
