@@ -174,9 +174,11 @@ def _link(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _copy_unit(
+def copy_unit(
     src_root: Path, dst_root: Path, manifest_src: Path, manifest_dst: Path, files: Iterable[str]
 ) -> None:
+    """Link (or copy) a committed unit's files from ``src_root`` to ``dst_root`` (same relative paths),
+    then its manifest, last: the unit appears committed only once every file is there."""
     for rel in files:
         _link(src_root / rel, dst_root / rel)
     _link(manifest_src, manifest_dst)  # last: the commit marker
@@ -192,7 +194,7 @@ def adopt_cached(layout: RunLayout, stage: str, config_hash: str) -> int:
     for unit, m in committed(src, stage, config_hash).items():
         if unit in have or not all((src.root / f).is_file() for f in m.files.values()):
             continue
-        _copy_unit(
+        copy_unit(
             src.root,
             layout.root,
             src.manifest_path(stage, unit),
@@ -213,7 +215,7 @@ def publish_to_cache(layout: RunLayout) -> int:
             dst = RunLayout(layout.cached_unit_root(m.stage, m.config_hash))
             if dst.manifest_path(m.stage, unit).is_file():
                 continue
-            _copy_unit(
+            copy_unit(
                 layout.root,
                 dst.root,
                 layout.manifest_path(m.stage, unit),

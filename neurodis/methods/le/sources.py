@@ -22,8 +22,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from neurodis.data.concepts import label_text, load_concept_set
 from neurodis.data.probe import ProbeRecord
 from neurodis.data.sources import synthetic_source
 from neurodis.io.layout import RunLayout, safe_name
-from neurodis.io.manifest import committed
+from neurodis.io.manifest import committed, copy_unit
 from neurodis.kernels.calibration import fit_sigmoid
 from neurodis.methods.embed import plan as embed
 from neurodis.methods.embed.store import (
@@ -301,16 +299,8 @@ def share_image_units(src: RunLayout, dst: RunLayout, stage: str, config_hash: s
     for unit, m in committed(src, stage, config_hash).items():
         if unit in have:
             continue
-        pairs = [(src.root / f, dst.root / f) for f in m.files.values()]
-        pairs.append((src.manifest_path(stage, unit), dst.manifest_path(stage, unit)))
-        for a, b in pairs:
-            b.parent.mkdir(parents=True, exist_ok=True)
-            tmp = b.with_name(f".{b.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                os.link(a, tmp)
-            except OSError:
-                shutil.copy2(a, tmp)
-            os.replace(tmp, b)
+        manifests = src.manifest_path(stage, unit), dst.manifest_path(stage, unit)
+        copy_unit(src.root, dst.root, *manifests, m.files.values())
         n += 1
     return n
 
