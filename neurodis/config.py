@@ -22,6 +22,7 @@ from neurodis import registry
 from neurodis.methods.embed.config import EmbedConfig
 from neurodis.methods.forward.config import ForwardConfig
 from neurodis.methods.le.config import ExplainConfig
+from neurodis.methods.patch_swap.config import PatchSwapConfig
 from neurodis.methods.psi.config import PsiConfig
 from neurodis.methods.pure.config import PureConfig
 from neurodis.sections import (
@@ -48,6 +49,7 @@ __all__ = [
     "FixedCalibration",
     "ForwardConfig",
     "ModelConfig",
+    "PatchSwapConfig",
     "PreprocessConfig",
     "PsiConfig",
     "PureConfig",
@@ -83,6 +85,8 @@ class AuditSpec:
         def embed(self) -> EmbedConfig: ...
         @property
         def psi(self) -> PsiConfig: ...
+        @property
+        def patch_swap(self) -> PatchSwapConfig: ...
         @property
         def explain(self) -> ExplainConfig: ...
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from neurodis.methods import embed, forward, le, psi, pure
+from neurodis.methods import embed, forward, le, patch_swap, psi, pure
 
 if TYPE_CHECKING:
     from neurodis.pipeline.method import Method
@@ -16,6 +16,7 @@ METHODS: tuple[Method, ...] = (
     pure.METHOD,
     embed.METHOD,
     psi.METHOD,
+    patch_swap.METHOD,
     le.METHOD,
 )
 

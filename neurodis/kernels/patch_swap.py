@@ -32,7 +32,7 @@ per neuron per condition); ``normalised_delta`` puts activation changes on the n
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,6 +105,30 @@ def paste(image: np.ndarray, box: Box, patch: np.ndarray) -> np.ndarray:
     out = image.copy()
     out[cy0:cy1, cx0:cx1] = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
     return out
+
+
+def paste_aligned(image: np.ndarray, square: Box, donor: np.ndarray, donor_square: Box) -> np.ndarray:
+    """A copy of ``image`` with the donor's ``donor_square`` mapped onto ``square`` (both may reach past
+    their image's border): the part of the donor square inside the donor image is resized by the ratio
+    of the two squares' sides and written at the matching place of ``square``, clipped to ``image``.
+    Pixels of ``square`` whose donor pixels lie outside the donor image keep their own values. The two
+    squares' centres coincide, so a site's content lands on the target site as it sat on its own."""
+    _check_image(image, "image")
+    _check_image(donor, "donor")
+    tx0, ty0, tx1, ty1 = _check_box(square, "square")
+    dx0, dy0, dx1, dy1 = _check_box(donor_square, "donor square")
+    dh, dw = donor.shape[:2]
+    cx0, cy0, cx1, cy1 = clip_box(donor_square, dw, dh)
+    sx, sy = (tx1 - tx0) / (dx1 - dx0), (ty1 - ty0) / (dy1 - dy0)
+    box = (
+        tx0 + int(round((cx0 - dx0) * sx)),
+        ty0 + int(round((cy0 - dy0) * sy)),
+        tx0 + int(round((cx1 - dx0) * sx)),
+        ty0 + int(round((cy1 - dy0) * sy)),
+    )
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return image.copy()
+    return paste(image, box, donor[cy0:cy1, cx0:cx1])
 
 
 def fill(image: np.ndarray, box: Box, value: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -190,18 +214,28 @@ def plan_interventions(
     sites: Sequence[tuple[Hashable, Box]],
     partition: Sequence[int] | np.ndarray,
     pool: Sequence[tuple[Hashable, Box]],
-    width: int,
-    height: int,
+    sizes: Mapping[Hashable, tuple[int, int]] | tuple[int, int],
     seed: int,
     max_targets: int | None = None,
 ) -> list[Intervention]:
     """Every condition (in ``CONDITIONS`` order) for each target site: all ``sites`` (the neuron's top
     sites in rank order, ``(image_id, box)``), or the first ``max_targets``. ``partition[i]`` is the
-    cluster of site ``i``; ``pool`` holds random donors that are not among the neuron's sites. ``width``
-    and ``height`` are the images' size (boxes must lie inside it). Per target ``i`` the generator
-    ``default_rng([seed, i])`` draws three uniforms first (aligned, non-aligned, random donor) and then
-    the elsewhere box, so a missing condition does not shift the other draws."""
-    _check_size(width, height)
+    cluster of site ``i``; ``pool`` holds random donors that are not among the neuron's sites. ``sizes``
+    is each image's ``(width, height)`` (a mapping by image id, or one pair for images of one size);
+    every box must lie inside its own image. Per target ``i`` the generator ``default_rng([seed, i])``
+    draws three uniforms first (aligned, non-aligned, random donor) and then the elsewhere box, so a
+    missing condition does not shift the other draws."""
+
+    def size_of(image: Hashable) -> tuple[int, int]:
+        if isinstance(sizes, Mapping):
+            if image not in sizes:
+                raise ValueError(f"no size for image {image!r}; pass (width, height) for every image")
+            width, height = sizes[image]
+        else:
+            width, height = sizes
+        _check_size(width, height)
+        return int(width), int(height)
+
     labels = np.asarray(partition)
     if labels.ndim != 1 or len(labels) != len(sites):
         raise ValueError(
@@ -209,12 +243,12 @@ def plan_interventions(
         )
     if max_targets is not None and max_targets < 1:
         raise ValueError(f"max_targets={max_targets}; pass a positive integer or None for every site")
-    norm_sites = [(img, clip_box(b, width, height)) for img, b in sites]
+    norm_sites = [(img, clip_box(b, *size_of(img))) for img, b in sites]
     for (img, b), (_, c) in zip(sites, norm_sites):
         if tuple(int(v) for v in b) != c:
             raise ValueError(f"site box {b!r} of image {img!r} reaches outside the image; clip_box it first")
     site_set = set(norm_sites)
-    norm_pool = [(img, clip_box(b, width, height)) for img, b in pool]
+    norm_pool = [(img, clip_box(b, *size_of(img))) for img, b in pool]
     for entry in norm_pool:
         if entry in site_set:
             raise ValueError(f"pool entry {entry!r} is one of the neuron's sites; remove it from the pool")
@@ -227,7 +261,7 @@ def plan_interventions(
         u_aligned, u_other, u_random = rng.random(3)
         same = [norm_sites[j] for j in range(len(sites)) if j != i and labels[j] == labels[i]]
         other = [norm_sites[j] for j in range(len(sites)) if labels[j] != labels[i]]
-        where = elsewhere_box(box, width, height, rng)
+        where = elsewhere_box(box, *size_of(image), rng)
 
         aligned = _pick(same, u_aligned, image)
         non_aligned = _pick(other, u_other, image)
@@ -309,3 +343,19 @@ def normalised_delta(
     delta = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(span > 0, delta / np.where(span > 0, span, 1.0), np.nan)
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down correction of a family of p values (NaN entries are not tests: they stay NaN and
+    do not count in the family size). Adjusted ``p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))`` in
+    ascending order of the m valid p values."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = len(valid)
+    if not m:
+        return out
+    order = valid[np.argsort(p[valid], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out

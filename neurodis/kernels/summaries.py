@@ -57,3 +57,23 @@ def summarize(out: torch.Tensor, token_reduce: TokenReduce = "mean") -> Summary:
     raise ValueError(
         f"cannot summarise a layer output of shape {tuple(out.shape)}: expected [B,C,H,W], [B,T,C] or [B,C]"
     )
+
+
+def site_values(out: torch.Tensor, channels: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``[B]`` float32: for each row ``b`` of a layer output, channel ``channels[b]`` at site
+    ``(h[b], w[b])``, with the site convention of :func:`summarize` (vectors have the one site (0, 0);
+    token sites index the square grid of patch tokens after the prefix)."""
+    x = out.detach()
+    b = torch.arange(x.shape[0], device=x.device)
+    c, hh, ww = (t.to(device=x.device, dtype=torch.long) for t in (channels, h, w))
+    if x.dim() == 4:
+        return x[b, c, hh, ww].float()
+    if x.dim() == 2:
+        return x[b, c].float()
+    if x.dim() == 3:
+        prefix, _, gw = token_grid(x.shape[1])
+        return x[b, prefix + hh * gw + ww, c].float()
+    raise ValueError(
+        f"cannot read a site of a layer output of shape {tuple(out.shape)}: "
+        "expected [B,C,H,W], [B,T,C] or [B,C]"
+    )

@@ -16,7 +16,7 @@ from neurodis.types import SpecError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_architecture", "load_checkpoint", "load_model", "resolve_preprocess"]
+__all__ = ["build_architecture", "load_checkpoint", "load_model", "resolve_preprocess", "torch_device"]
 
 
 def _torchvision_names() -> list[str]:
@@ -45,6 +45,13 @@ def build_architecture(cfg: ModelConfig) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return torchvision.models.get_model(cfg.arch, weights=None)
+
+
+def torch_device(want: str) -> torch.device:
+    """The device of ``resources.device``: ``cuda``, or ``auto`` (CUDA where there is one), else CPU."""
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def load_model(cfg: ModelConfig) -> nn.Module:

@@ -17,6 +17,8 @@ provides:
   the testbed's truth (:class:`neurodis.testbed.source.TestbedTruth`).
 
 ``cli``, when set, names a module with ``register(subparsers)`` for the method's own CLI verbs.
+``explain``, when set, names a module with ``neuron_lines(layout, layer, channel) -> list[str]``: the
+method's part of ``neurodis explain RUN LAYER/CHANNEL`` (empty when the run has none of its results).
 
 A method checks its inputs in two places, each check in one of them. ``check(spec) -> list[str]`` (in its
 config module, no I/O) returns the problems across spec sections; the spec collects every method's
@@ -90,6 +92,7 @@ class Method:
     check: Callable[[AuditSpec], list[str]] = _no_check
     cli: str | None = None
     preflight: str | None = None
+    explain: str | None = None
 
     def module(self) -> ModuleType:
         return importlib.import_module(self.runtime)
@@ -101,6 +104,13 @@ class Method:
     def scorer(self) -> Callable[..., dict[str, Any]] | None:
         fn: Callable[..., dict[str, Any]] | None = getattr(self.module(), "score_against_truth", None)
         return fn
+
+    def explain_lines(self, layout: RunLayout, layer: str, channel: int) -> list[str]:
+        """The method's lines for one neuron in ``neurodis explain`` (none without an ``explain`` module)."""
+        if self.explain is None:
+            return []
+        lines: list[str] = importlib.import_module(self.explain).neuron_lines(layout, layer, channel)
+        return lines
 
     def preflight_problems(self, inputs: SpecInputs) -> list[str]:
         """The problems the method's ``preflight`` module finds in ``inputs`` (none without one)."""

@@ -12,9 +12,11 @@ from neurodis.kernels.patch_swap import (
     clip_box,
     elsewhere_box,
     fill,
+    holm,
     normalised_delta,
     paired_summary,
     paste,
+    paste_aligned,
     plan_interventions,
 )
 
@@ -152,7 +154,7 @@ def _by(plan, target_index):
 
 def test_plan_statuses_and_donor_clusters_on_a_handmade_neuron():
     for seed in range(10):
-        plan = plan_interventions(SITES, PARTITION, POOL, W, H, seed)
+        plan = plan_interventions(SITES, PARTITION, POOL, (W, H), seed)
         assert len(plan) == 5 * len(SITES)
         t0 = _by(plan, 0)
         # the only aligned donor not on image "a" is site 1
@@ -184,7 +186,7 @@ def test_plan_statuses_and_donor_clusters_on_a_handmade_neuron():
 
 def test_plan_one_cluster_same_image_and_empty_pool():
     sites = [("a", (0, 0, 4, 4)), ("a", (8, 8, 12, 12))]
-    plan = plan_interventions(sites, [5, 5], [], W, H, seed=1)
+    plan = plan_interventions(sites, [5, 5], [], (W, H), seed=1)
     rows = {r.condition: r for r in plan[:5]}
     # the only aligned donor is on the target's own image: it is used rather than dropped
     assert (rows["aligned"].donor_image, rows["aligned"].donor_box) == sites[1]
@@ -192,7 +194,7 @@ def test_plan_one_cluster_same_image_and_empty_pool():
     assert rows["random"].status == "no_pool" and rows["random"].paste_box is None
     # whole-image boxes: no room for the elsewhere conditions
     whole = [("a", (0, 0, W, H)), ("b", (0, 0, W, H))]
-    rows = {r.condition: r for r in plan_interventions(whole, [0, 0], POOL, W, H, seed=0)[:5]}
+    rows = {r.condition: r for r in plan_interventions(whole, [0, 0], POOL, (W, H), seed=0)[:5]}
     assert rows["aligned"].status == "ok"
     assert rows["shuffled_position"].status == rows["ablate_elsewhere"].status == "no_room"
 
@@ -201,24 +203,24 @@ def test_plan_is_deterministic_and_the_seed_matters():
     many = [(f"img{i}", (0, 0, 4, 4)) for i in range(12)]
     part = [i % 2 for i in range(12)]
     pool = [(f"pool{i}", (0, 0, 4, 4)) for i in range(12)]
-    first = plan_interventions(many, part, pool, W, H, seed=3)
-    assert first == plan_interventions(many, part, pool, W, H, seed=3)
+    first = plan_interventions(many, part, pool, (W, H), seed=3)
+    assert first == plan_interventions(many, part, pool, (W, H), seed=3)
     for other_seed in (4, 5):
-        other = plan_interventions(many, part, pool, W, H, seed=other_seed)
+        other = plan_interventions(many, part, pool, (W, H), seed=other_seed)
         assert [(r.donor_image, r.paste_box) for r in other] != [(r.donor_image, r.paste_box) for r in first]
-    assert len(plan_interventions(many, part, pool, W, H, seed=3, max_targets=2)) == 10
-    assert plan_interventions(many, part, pool, W, H, seed=3, max_targets=2) == first[:10]
+    assert len(plan_interventions(many, part, pool, (W, H), seed=3, max_targets=2)) == 10
+    assert plan_interventions(many, part, pool, (W, H), seed=3, max_targets=2) == first[:10]
 
 
 def test_plan_rejects_bad_input():
     with pytest.raises(ValueError, match="one cluster label per site"):
-        plan_interventions(SITES, [0, 1], POOL, W, H, 0)
+        plan_interventions(SITES, [0, 1], POOL, (W, H), 0)
     with pytest.raises(ValueError, match="remove it from the pool"):
-        plan_interventions(SITES, PARTITION, [SITES[2]], W, H, 0)
+        plan_interventions(SITES, PARTITION, [SITES[2]], (W, H), 0)
     with pytest.raises(ValueError, match="clip_box"):
-        plan_interventions([("a", (10, 10, 20, 20))], [0], POOL, W, H, 0)
+        plan_interventions([("a", (10, 10, 20, 20))], [0], POOL, (W, H), 0)
     with pytest.raises(ValueError, match="max_targets"):
-        plan_interventions(SITES, PARTITION, POOL, W, H, 0, max_targets=0)
+        plan_interventions(SITES, PARTITION, POOL, (W, H), 0, max_targets=0)
 
 
 # ---- statistics ----------------------------------------------------------------------------------------
@@ -289,3 +291,64 @@ def test_normalised_delta():
     assert np.isnan(normalised_delta(1.0, 1.0, 3.0, 3.0))
     with pytest.raises(ValueError, match="low <= high"):
         normalised_delta(0.0, 1.0, 2.0, 1.0)
+
+
+def test_plan_with_images_of_different_sizes():
+    # target "big" is 40x30; its site box sits in the left half, so the elsewhere box must be drawn in
+    # the big image (a 10x10 image has no room for it) and donors keep their own images' boxes
+    sites = [("big", (0, 0, 12, 12)), ("small", (0, 0, 10, 10))]
+    sizes = {"big": (40, 30), "small": (10, 10)}
+    for seed in range(5):
+        rows = {r.condition: r for r in plan_interventions(sites, [0, 0], [], sizes, seed)[:5]}
+        assert rows["aligned"].donor_box == (0, 0, 10, 10)
+        x0, y0, x1, y1 = rows["ablate_elsewhere"].paste_box
+        assert (x1 - x0, y1 - y0) == (12, 12) and x1 <= 40 and y1 <= 30 and (x0 >= 12 or y0 >= 12)
+        # the small target's box is its whole image: nowhere else to paste
+        small = {r.condition: r for r in plan_interventions(sites, [0, 0], [], sizes, seed)[5:]}
+        assert small["shuffled_position"].status == "no_room"
+    with pytest.raises(ValueError, match="no size for image"):
+        plan_interventions(sites, [0, 0], [], {"big": (40, 30)}, 0)
+    with pytest.raises(ValueError, match="clip_box"):
+        plan_interventions([("small", (0, 0, 12, 12))], [0], [], sizes, 0)
+
+
+def test_paste_aligned_puts_centre_on_centre():
+    donor = np.zeros((10, 10, 3), np.uint8)
+    donor[4:6, 4:6] = 255  # a bright 2x2 object at the centre of the donor square (0..10)
+    target = np.full((12, 12, 3), 7, np.uint8)
+    # the target square reaches past the top-left border: only its inside part is written, and the
+    # object lands at the square's centre (target pixels 1..3), not at the clipped box's centre
+    out = paste_aligned(target, (-4, -4, 6, 6), donor, (0, 0, 10, 10))
+    assert (out[0:2, 0:2] == 255).all() and out[2:6, 2:6].max() == 0 and (out[6:, :] == 7).all()
+    # a donor square past the donor's border: the target keeps its own pixels where the donor has none
+    out = paste_aligned(target, (2, 2, 12, 12), donor, (-5, 0, 5, 10))
+    # (donor columns 0..5 land on target columns 7..12; its object's columns 4, 5 on 11 and the border)
+    assert (out[2:12, 2:7] == 7).all() and out[2:12, 7:11].max() == 0 and (out[6:8, 11] == 255).all()
+    # a square twice the donor's size: resized
+    out = paste_aligned(np.zeros((20, 20, 3), np.uint8), (0, 0, 20, 20), donor, (0, 0, 10, 10))
+    assert out[9:11, 9:11].min() > 150 and out[:6].max() == 0 and out[:, :6].max() == 0  # bilinear edges
+
+
+def test_holm_by_hand():
+    got = holm([0.01, 0.04, np.nan, 0.03])
+    # ascending 0.01, 0.03, 0.04 with m = 3: 0.03, 0.06, max(0.06, 0.04) = 0.06
+    np.testing.assert_allclose(got, [0.03, 0.06, np.nan, 0.06])
+    assert np.isnan(holm([np.nan])).all() and list(holm([0.9, 0.8])) == [1.0, 1.0]
+
+
+def test_site_values_reads_each_rows_channel_and_site():
+    import torch
+
+    from neurodis.kernels.summaries import site_values
+
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    got = site_values(x, torch.tensor([2, 0]), torch.tensor([1, 3]), torch.tensor([4, 0]))
+    assert got.tolist() == [x[0, 2, 1, 4].item(), x[1, 0, 3, 0].item()]
+    tokens = torch.randn(2, 1 + 9, 6)  # a class token, then a 3x3 grid
+    got = site_values(tokens, torch.tensor([5, 1]), torch.tensor([2, 0]), torch.tensor([1, 2]))
+    assert got.tolist() == [tokens[0, 1 + 7, 5].item(), tokens[1, 1 + 2, 1].item()]
+    vec = torch.randn(2, 4)
+    assert site_values(vec, torch.tensor([3, 1]), torch.zeros(2), torch.zeros(2)).tolist() == [
+        vec[0, 3].item(),
+        vec[1, 1].item(),
+    ]

@@ -29,6 +29,7 @@ KILLS = {
     "pure": ["pure/*", "pure-cluster/*"],
     "embed": ["embed/*"],
     "psi": ["psi/*"],
+    "patch_swap": ["patch_swap/swap*"],
     "le": ["le/*layer2*", "le-ablation/*layer1*"],
 }
 METHODS = [pytest.param(m, id=m.name) for m in registry.METHODS]
@@ -55,6 +56,7 @@ def _spec(root: Path, out: Path):
             },
             "embed": {"embedder": "toy", "templates": ["{}"], "shard_size": 12, "channels_per_unit": 8},
             "psi": {"top_k": 8, "n_null": 4, "null_neurons": 4, "channels_per_unit": 8},
+            "patch_swap": {"targets": 3, "pool": 4, "channels_per_unit": 8, "batch_size": 16, "n_boot": 200},
             "explain": {
                 "classes": str(root / "classes.txt"),
                 "explainers": ["label"],

@@ -42,6 +42,15 @@ def site_box(
     the image is clipped to it. Units seeing the whole image get the model's view of it (the crop).
     """
     height, width = image_hw
+    x0, y0, x1, y1 = _square(g, h, w, image_hw, pre)
+    return _box(_fit(x0, x1, width), _fit(y0, y1, height))
+
+
+def _square(
+    g: LayerGeometry, h: int, w: int, image_hw: tuple[int, int], pre: PreprocessConfig
+) -> tuple[float, float, float, float]:
+    """The patch of site ``(h, w)`` in original-image pixels before any shift or clip (floats)."""
+    height, width = image_hw
     sy, sx, _, _, top, left = crop_box(height, width, pre)
     if g.whole_image:
         cy = cx = pre.crop / 2.0
@@ -52,7 +61,17 @@ def site_box(
     # model-input pixel p lies at resized pixel p + offset, i.e. original pixel (p + offset) / scale
     y0, y1 = (cy - side / 2 + top) / sy, (cy + side / 2 + top) / sy
     x0, x1 = (cx - side / 2 + left) / sx, (cx + side / 2 + left) / sx
-    return _box(_fit(x0, x1, width), _fit(y0, y1, height))
+    return x0, y0, x1, y1
+
+
+def site_square(
+    g: LayerGeometry, h: int, w: int, image_hw: tuple[int, int], pre: PreprocessConfig
+) -> tuple[int, int, int, int]:
+    """The patch of site ``(h, w)`` centred on the site, in whole original-image pixels, neither shifted
+    nor clipped: it may reach past the border (``site_box`` is the part of the image it stands for)."""
+    x0, y0, x1, y1 = _square(g, h, w, image_hw, pre)
+    ix0, iy0 = int(round(x0)), int(round(y0))
+    return ix0, iy0, ix0 + max(1, int(round(x1 - x0))), iy0 + max(1, int(round(y1 - y0)))
 
 
 def _fit(lo: float, hi: float, size: int) -> tuple[int, int]:

@@ -42,7 +42,7 @@ from neurodis.methods.forward.tables import (
     TOPK_PARTIALS,
 )
 from neurodis.models.layers import LayerInfo, discover_layers, hooked, resolve_layers
-from neurodis.models.loading import load_model, resolve_preprocess
+from neurodis.models.loading import load_model, resolve_preprocess, torch_device
 from neurodis.pipeline.step import UnitOutput, error_text, run_unit
 from neurodis.tablespec import SCHEMA_VERSION
 from neurodis.types import SpecError
@@ -230,10 +230,7 @@ def _topk_rows(shard: int, layer: str, tk: TopK, sum_mean: np.ndarray, count: in
 
 
 def _device(plan: ForwardPlan) -> torch.device:
-    want = plan.spec.resources.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    return torch_device(plan.spec.resources.device)
 
 
 class ShardSummary(NamedTuple):

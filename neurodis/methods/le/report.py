@@ -55,4 +55,8 @@ def explain_report(run_dir: str | Path, neuron: str, top: int = 10) -> str:
             for i in refs["image_id"].to_pylist()[:top]
         ]
         lines.append(f"  top images by max: {', '.join(items)}")
+    from neurodis import registry
+
+    for method in registry.METHODS:  # other methods' parts (patch swaps ...)
+        lines += method.explain_lines(layout, ref.layer, ref.channel)
     return "\n".join(lines) + "\n"
