@@ -28,8 +28,7 @@ def test_demo_small_end_to_end(small_demo):
     assert card["testbed"]["detector_auroc_min"] >= 0.95
     assert card["testbed"]["embedder_auroc_min"] >= 0.95
     assert card["testbed"]["planted"] == {"linear": 20, "mono": 40, "poly": 120}
-    assert card["patch_swap"]["status"] == "absent" and "ari_pure" not in card["patch_swap"]
-    for key in ("pure", "psi", "le", "trained"):
+    for key in ("pure", "psi", "le", "trained", "patch_swap"):
         assert card[key].get("status") is None, (key, card[key])
     # the forward stage's references of planted neurons show their concepts
     assert card["forward"]["reference_precision"]["mono_mean"] >= 0.9
@@ -55,6 +54,18 @@ def test_demo_small_end_to_end(small_demo):
     for f in ("pure_ari", "psi_auroc", "le_recall"):
         assert trained[f"{f}_ci_low"] <= trained[f] <= trained[f"{f}_ci_high"], f
     assert trained["measured"]["poly"] >= 2 and trained["measured"]["mono"] >= 2
+    swap = card["patch_swap"]
+    assert swap["n_neurons"] == 120 and swap["mono"]["n_neurons"] == 40 and swap["n_untested"] == 0
+    assert swap["best_control"] in swap["controls"] and len(swap["controls"]) == 4
+    assert swap["effect_ci_low"] <= swap["effect"] <= swap["effect_ci_high"]
+    assert swap["null_net"]["n_neurons"] > 0 and "null_net_p_value_min" in swap
+    assert "permuted_net_effect" not in swap  # patch swaps run on the headline and the random network only
+    assert {g for g in card["goals"] if g.startswith("patch_swap")} == {
+        "patch_swap_n_poly",
+        "patch_swap_effect_ci_low",
+        "patch_swap_p_value_max",
+        "patch_swap_null_net_p_value_min",
+    }
     stab = pure["split_stability"]
     assert {"poly", "mono", "null-random", "null-permuted"} <= set(stab)
     # the per-image planted truth of this probe set, next to the runs, agrees with the world's metadata
@@ -71,7 +82,8 @@ def test_demo_small_end_to_end(small_demo):
         assert r["present"] == [c for c in concepts[(r["layer"], r["channel"])] if c in shown[r["index"]]]
         assert (out / "probe" / r["path"]).is_file()
     text = render_scorecard(card)
-    assert "patch_swap absent" in text and "rho=0.25" in text and "trained" in text
+    assert "patch_swap absent" not in text and "best_control=" in text and "rho=0.25" in text
+    assert "trained" in text
 
 
 def test_forward_reference_precision_fails_a_wrong_truth(small_demo):
@@ -107,7 +119,7 @@ def test_jobs_testbed_yaml_runs_what_the_demo_runs(tmp_path: Path):
     demo = demo_spec(DemoConfig(), tmp_path)
     a, b = spec_from_dict({**shipped, "output": str(tmp_path)}), spec_from_dict(demo)
     assert a.model == b.model and a.layers == b.layers and a.stages == b.stages
-    for section in ("forward", "pure", "embed", "psi", "explain"):
+    for section in ("forward", "pure", "embed", "psi", "patch_swap", "explain"):
         assert getattr(a, section) == getattr(b, section), section
 
 

@@ -378,8 +378,9 @@ def embedder_plans(
             calibration=cal,  # type: ignore[arg-type]
         )
         aux = RunLayout(layout.root / "_le_embed" / safe_name(name), layout.cache)
-        # this side-embedding needs images and texts only: plan it as an audit without PSI
-        side = spec.replace(embed=sub, stages=tuple(st for st in spec.stages if st != "psi"))
+        # this side-embedding needs images and texts only: plan it as an audit of the forward and embed
+        # stages (the embed plan does not hash the stage list)
+        side = spec.replace(embed=sub, stages=tuple(st for st in spec.stages if st in ("forward", "embed")))
         plan, _ = embed.plan_embed(side, aux)
         concepts = tuple(sorted(exposed | set(fit_on)))
         h = stable_hash(plan.config_hash, LE_SET, concepts, fit_on, cal)
