@@ -148,6 +148,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_summary(result["summary"])
     print(render_scorecard(result["scorecard"]))
     print(f"scorecard: {Path(args.out) / 'scorecard.json'}")
+    report = result.get("report")
+    if report and "error" in report:
+        print(f"report: failed ({report['error']})")
+    elif report:
+        print(f"report: {report['index']}  ({report['pages']} neuron pages, {report['seconds']} s)")
     return 0
 
 

@@ -55,17 +55,18 @@ def channel_map(out: torch.Tensor, channel: int) -> np.ndarray | None:
 def overlay(
     view: np.ndarray, heat: np.ndarray | None, scale: float, site: tuple[int, int] | None
 ) -> Image.Image:
-    """The view with ``heat`` (normalised to [0, scale]) in the inferno colour map, and a ring at the
-    max site (``site`` in map cells)."""
+    """The view with ``heat`` (normalised to [0, scale]) in the inferno colour map, opaque in proportion
+    to the value, and a ring at the max site (``site`` in map cells)."""
     from matplotlib import colormaps
 
-    img = Image.fromarray(view).convert("RGB")
+    img = Image.fromarray(view).convert("RGB").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
     if heat is not None:
+        # opacity follows the value: the image shows through where the channel is silent
         v = np.clip(heat / scale, 0, 1) if scale > 0 else np.zeros_like(heat)
-        rgba = (colormaps["inferno"](v)[..., :3] * 255).astype(np.uint8)
-        hm = Image.fromarray(rgba).resize(img.size, Image.Resampling.BILINEAR)
-        img = Image.blend(img, hm, ALPHA)
-    img = img.resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+        v = np.asarray(Image.fromarray(v.astype(np.float32)).resize(img.size, Image.Resampling.BILINEAR))
+        colour = colormaps["inferno"](v)[..., :3] * 255
+        a = (ALPHA + (1 - ALPHA) * v)[..., None] * (v[..., None] > 0.02)
+        img = Image.fromarray((np.asarray(img) * (1 - a) + colour * a).round().astype(np.uint8))
     if heat is not None and site is not None:
         mh, mw = heat.shape
         cy, cx = (site[0] + 0.5) * THUMB / mh, (site[1] + 0.5) * THUMB / mw
