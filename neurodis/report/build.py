@@ -196,7 +196,7 @@ def select_pages(facts: Facts, neurons: Sequence[str] | None, max_pages: int | N
         have = set(keys)
         picked = []
         for text in neurons:
-            ref = NeuronRef.parse(text, "m") if text.count("/") == 1 else NeuronRef.parse(text)
+            ref = NeuronRef.parse(text)
             key = (ref.layer, ref.channel)
             if key not in have:
                 raise SpecError(
@@ -490,7 +490,7 @@ def render_pages(args: tuple[str, list[dict[str, Any]], str]) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         figs: dict[str, str] = {}
 
-        def save(name: str, svg: str, _folder: Path = folder, _page: Path = page) -> str:
+        def save(name: str, svg: str, _folder: Path = folder) -> str:
             (_folder / name).write_text(svg)
             return f"{_folder.name}/{name}"
 

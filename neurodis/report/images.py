@@ -6,7 +6,6 @@ layer, in batches; nothing else is recomputed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,10 +87,15 @@ def write_thumbnails(
 ) -> list[str]:
     """Write every picture of ``needs`` (image id -> pictures); returns the problems (unreadable
     images), one line each. One no-grad forward pass per batch of images, to the deepest layer."""
-    model = load_model(spec.model).eval()
-    pre = resolve_preprocess(spec.model, model)
-    layers = sorted({n.layer for ns in needs.values() for n in ns})
     problems: list[str] = []
+    try:
+        model = load_model(spec.model).eval()
+        pre = resolve_preprocess(spec.model, model)
+    except Exception as e:  # noqa: BLE001 - the pages show the plain references instead
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        problems.append(f"no heatmaps: the model did not load ({why}); the galleries show the plain images")
+        return problems + plain_thumbnails(paths, needs)
+    layers = sorted({n.layer for ns in needs.values() for n in ns})
     ids = sorted(needs)
     for a in range(0, len(ids), batch):
         chunk, xs = [], []
@@ -118,8 +122,17 @@ def write_thumbnails(
     return problems
 
 
-def unique(items: Iterable[Need]) -> list[Need]:
-    seen: dict[Path, Need] = {}
-    for n in items:
-        seen.setdefault(n.path, n)
-    return list(seen.values())
+def plain_thumbnails(paths: dict[int, str], needs: dict[int, list[Need]]) -> list[str]:
+    """Every picture of ``needs`` as the plain decoded image (no model: no map, no crop frame)."""
+    problems = []
+    for i, ns in needs.items():
+        try:
+            img = Image.fromarray(decode(paths[i])).convert("RGB")
+        except (BadImageError, KeyError) as e:
+            problems.append(f"image {i}: {e}")
+            continue
+        img.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR)
+        for n in ns:
+            n.path.parent.mkdir(parents=True, exist_ok=True)
+            img.save(n.path, format="JPEG", quality=82)
+    return problems

@@ -160,3 +160,36 @@ def test_diff_report_table_has_every_compared_neuron(small_audit: Path, tmp_path
     change = [c["key"] for c in data["columns"]].index("change")
     assert {r[change] for r in data["rows"]} == {"none"}  # a run against itself
     assert TOP_K == 6
+
+
+@pytest.mark.ray
+def test_pages_drawn_as_ray_tasks_equal_the_local_ones(small_audit: Path, tmp_path: Path, ray_session):
+    """``--address``: the pages are Ray tasks; every file equals the local report's, byte for byte."""
+    from neurodis.orchestration.report import ray_mapper
+    from neurodis.report import build_report
+
+    local = build_report(small_audit, tmp_path / "local", max_pages=4, refs=3, workers=1)
+    remote = build_report(small_audit, tmp_path / "ray", max_pages=4, refs=3, mapper=ray_mapper("auto"))
+    assert remote["pages"] == local["pages"] == 4
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+
+
+def test_gallery_without_a_loadable_model_shows_plain_images(small_audit: Path, tmp_path: Path):
+    """A run whose model no longer loads (here: its module is gone) still gets its report: plain images
+    in the galleries and one warning line saying why."""
+    import yaml
+
+    from neurodis.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(small_audit, run, ignore=shutil.ignore_patterns("report"))
+    spec = yaml.safe_load((run / "spec.yaml").read_text())
+    spec["model"]["arch"] = "no_such_module_here:build"
+    (run / "spec.yaml").write_text(yaml.safe_dump(spec))
+    r = build_report(run, tmp_path / "site", neurons=["layer1/0"], refs=3)
+    assert len(r["problems"]) == 1 and r["problems"][0].startswith("no heatmaps: the model did not load")
+    assert len(list((tmp_path / "site" / "n" / "layer1" / "0").glob("r*.jpg"))) == 3
