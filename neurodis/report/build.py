@@ -739,9 +739,10 @@ def _overview_sections(run: Run, facts: Facts, out: Path) -> list[dict[str, Any]
     return sections
 
 
-def _swap_section(t: Any, out: Path) -> dict[str, Any]:
-    """Patch-swap means per layer: every numeric column but the keys, averaged over a layer's rows (one
-    row per neuron, or one per layer)."""
+def swap_means(t: Any) -> dict[str, dict[str, float]]:
+    """``patch_swap_summary`` read generically: per layer (one group ``all`` without a layer column),
+    the mean over its rows (one per neuron, or one per layer) of every numeric column whose name says
+    ``mean`` (every numeric column but the keys and counts when none does)."""
     rows = t.to_pylist()
     skip = {"layer", "channel", "n", "n_swaps", "n_neurons"}
     numeric = [
@@ -756,10 +757,14 @@ def _swap_section(t: Any, out: Path) -> dict[str, Any]:
         groups[layer] = {
             c: float(np.nanmean([r[c] for r in mine if r[c] is not None] or [np.nan])) for c in means
         }
+    return groups
+
+
+def _swap_section(t: Any, out: Path) -> dict[str, Any]:
     fig = _figure(
         out,
         "patch_swap.svg",
-        figures.grouped_bars(groups, "mean"),
+        figures.grouped_bars(swap_means(t), "mean"),
         "Patch swaps: condition means per layer (table patch_swap_summary).",
     )
     return {"title": "Patch swaps", "text": "", "figures": [fig], "tables": []}

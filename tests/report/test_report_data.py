@@ -193,3 +193,23 @@ def test_gallery_without_a_loadable_model_shows_plain_images(small_audit: Path, 
     r = build_report(run, tmp_path / "site", neurons=["layer1/0"], refs=3)
     assert len(r["problems"]) == 1 and r["problems"][0].startswith("no heatmaps: the model did not load")
     assert len(list((tmp_path / "site" / "n" / "layer1" / "0").glob("r*.jpg"))) == 3
+
+
+def test_patch_swap_summary_section_averages_each_mean_column_per_layer(tmp_path: Path):
+    """The overview's patch-swap part reads ``patch_swap_summary`` generically: per layer, the mean of
+    every numeric ``*mean*`` column over its rows (oracle: numpy over the same rows)."""
+    from neurodis.report.build import _swap_section, swap_means
+
+    rows = [
+        {"layer": layer, "channel": c, "aligned_mean": float(c), "random_mean": -float(c), "n_swaps": 7}
+        for layer in ("a", "b")
+        for c in range(3 if layer == "a" else 5)
+    ]
+    section = _swap_section(pa.Table.from_pylist(rows), tmp_path)
+    svg = (tmp_path / "fig" / "patch_swap.svg").read_text()
+    assert section["title"] == "Patch swaps" and section["figures"][0]["src"] == "fig/patch_swap.svg"
+    assert "aligned_mean" in svg and "random_mean" in svg and "n_swaps" not in svg  # the legend: mean columns
+    groups = swap_means(pa.Table.from_pylist(rows))
+    for layer in ("a", "b"):
+        want = np.mean([r["aligned_mean"] for r in rows if r["layer"] == layer])
+        assert groups[layer] == {"aligned_mean": pytest.approx(want), "random_mean": pytest.approx(-want)}
