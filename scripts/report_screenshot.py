@@ -1,7 +1,10 @@
-"""The README's screenshot (``docs/img/report.png``): the report of a small audit (the tiny CNN on
-random images, every stage; the report tests' audit), one neuron page in headless Chromium.
+"""The README's screenshot (``docs/img/report.png``): one neuron page of a report, in headless
+Chromium. ``--run``: an audit to report on (the README's image: the small demo's ``entangled`` audit,
+``DemoConfig(n_images=240, n_ref=20, psi_top_k=20, n_null=5)`` as in ``tests/orchestration/test_demo.py``,
+neuron ``planted/102``); without it, the report tests' audit (the tiny CNN on random images) is computed
+into ``--work``.
 
-    python scripts/report_screenshot.py [--work runs/report_screenshot] [--out docs/img/report.png]
+    python scripts/report_screenshot.py [--run RUN] [--neuron planted/102] [--out docs/img/report.png]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="runs/report_screenshot")
     ap.add_argument("--out", default="docs/img/report.png")
+    ap.add_argument("--run", help="an audit to report on (default: compute the tests' small audit)")
     ap.add_argument("--neuron", default="layer2/3")
     args = ap.parse_args()
 
@@ -24,8 +28,11 @@ def main() -> None:
     from tests.report.conftest import make_audit
 
     work = Path(args.work)
-    run = work / "run" if (work / "run" / "summary.json").is_file() else make_audit(work)
-    result = build_report(run, work / "report", neurons=[args.neuron], refs=6)
+    if args.run:
+        run = Path(args.run)
+    else:
+        run = work / "run" if (work / "run" / "summary.json").is_file() else make_audit(work)
+    result = build_report(run, work / "report", neurons=[args.neuron], refs=8)
     layer, channel = args.neuron.split("/")
     page = Path(result["index"]).parent / "n" / layer / f"{channel}.html"
     with sync_playwright() as p:

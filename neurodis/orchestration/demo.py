@@ -65,7 +65,7 @@ class DemoConfig:
     audits: tuple[str, ...] = tuple(AUDITS)
     #: neuron pages of the report (``OUT/report``), spread over the PSI ranking: every page costs a
     #: few figures, and the demo's report is bounded to a few seconds (``neurodis report`` writes all)
-    report_pages: int = 24
+    report_pages: int = 16
     report_refs: int = 8
 
 

@@ -16,6 +16,8 @@ rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "neurodis", "font.size"
 
 #: chance level of log PSI: every component at its null mean (sigmoid(0) = 0.5, three components)
 CHANCE_LOG_PSI = 3 * math.log(0.5)
+#: scatter plots with more dots than this embed their dots as a raster (the axes stay vector)
+RASTER_ABOVE = 200
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
@@ -182,13 +184,15 @@ def scatter(x: Sequence[float], y: Sequence[float], xlabel: str, ylabel: str, ti
     fig = Figure(figsize=(2.8, 2.6))
     ax = fig.subplots()
     xa, ya = np.asarray(x, float), np.asarray(y, float)
-    ax.scatter(xa, ya, s=6, alpha=0.6, color=COLOURS[0], linewidths=0)
+    # many dots are drawn as one embedded raster: an SVG element per test image would make pages large
+    ax.scatter(xa, ya, s=6, alpha=0.6, color=COLOURS[0], linewidths=0, rasterized=len(xa) > RASTER_ABOVE)
     if len(xa) > 1 and np.ptp(xa) > 0:
         slope, icept = np.polyfit(xa, ya, 1)
         xs = np.array([xa.min(), xa.max()])
         ax.plot(xs, slope * xs + icept, color=COLOURS[3], lw=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    fig.set_dpi(100)
     if title:
         ax.set_title(title)
     fig.subplots_adjust(left=0.2, right=0.96, bottom=0.17, top=0.9)

@@ -213,3 +213,13 @@ def test_patch_swap_summary_section_averages_each_mean_column_per_layer(tmp_path
     for layer in ("a", "b"):
         want = np.mean([r["aligned_mean"] for r in rows if r["layer"] == layer])
         assert groups[layer] == {"aligned_mean": pytest.approx(want), "random_mean": pytest.approx(-want)}
+
+
+def test_cli_report_prints_the_index_path(small_audit: Path, tmp_path: Path, capsys):
+    assert (
+        main(["report", str(small_audit), "--out", str(tmp_path / "r"), "--max-pages", "2", "--refs", "2"])
+        == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"report: {tmp_path / 'r' / 'index.html'}"
+    assert out[-2].startswith("24 neurons, 2 neuron pages, ")
