@@ -148,15 +148,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_summary(result["summary"])
     print(render_scorecard(result["scorecard"]))
     print(f"scorecard: {Path(args.out) / 'scorecard.json'}")
+    report = result.get("report")
+    if report and "error" in report:
+        print(f"report: failed ({report['error']})")
+    elif report:
+        print(f"report: {report['index']}  ({report['pages']} neuron pages, {report['seconds']} s)")
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from neurodis.tools.diff import diff_runs
 
-    summary = diff_runs(args.run_a, args.run_b, args.out)
+    if args.report is not None:
+        from neurodis.report import build_diff_report
+
+        summary = build_diff_report(args.run_a, args.run_b, args.out, args.report or None)
+    else:
+        summary = diff_runs(args.run_a, args.run_b, args.out)
     print(summary["text"], end="")
     print(f"table: {Path(args.out) / 'neuron_diff.parquet'}")
+    if args.report is not None:
+        print(f"report: {summary['index']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from neurodis.report import build_report
+
+    mapper = None
+    if args.address:
+        from neurodis.orchestration.report import ray_mapper
+
+        mapper = ray_mapper(args.address)
+    result = build_report(
+        args.run_dir,
+        args.out,
+        neurons=args.neurons,
+        max_pages=args.max_pages,
+        refs=args.refs,
+        workers=args.workers,
+        mapper=mapper,
+        map_method=args.map,
+    )
+    for problem in result["problems"]:
+        print(f"warning: {problem}")
+    print(
+        f"{result['neurons']} neurons, {result['pages']} neuron pages, "
+        f"{result['bytes'] / 1e6:.1f} MB in {result['seconds']} s"
+    )
+    print(f"report: {result['index']}")
     return 0
 
 
@@ -203,7 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("run_a")
     d.add_argument("run_b")
     d.add_argument("--out", default="runs/diff", help="folder for neuron_diff.parquet and diff_summary.txt")
+    d.add_argument(
+        "--report",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="also write a browsable page of the diff (default DIR: OUT/report)",
+    )
     d.set_defaults(fn=cmd_diff)
+
+    r = sub.add_parser(
+        "report", help="write a static site of an audit (overview, neuron index, neuron pages)"
+    )
+    r.add_argument("run_dir")
+    r.add_argument("--out", help="report folder (default: RUN/report)")
+    r.add_argument("--neurons", nargs="+", metavar="LAYER/CHANNEL", help="pages for these neurons only")
+    r.add_argument(
+        "--max-pages", type=int, help="at most this many neuron pages, spread over the PSI ranking"
+    )
+    r.add_argument("--refs", type=int, default=12, help="references shown per neuron and virtual neuron")
+    r.add_argument("--workers", type=int, help="local processes drawing the pages (default: CPUs, at most 8)")
+    r.add_argument("--address", help="draw the pages as tasks on this Ray cluster")
+    r.add_argument(
+        "--map", choices=("pca", "umap"), default="pca", help="2-D map of PURE's attribution vectors"
+    )
+    r.set_defaults(fn=cmd_report)
 
     return p
 

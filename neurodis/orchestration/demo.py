@@ -66,6 +66,10 @@ class DemoConfig:
     pure_k: tuple[int, ...] = (2, 3, 4)
     swap_targets: int = 10
     audits: tuple[str, ...] = tuple(AUDITS)
+    #: neuron pages of the report (``OUT/report``), spread over the PSI ranking: every page costs a
+    #: few figures, and the demo's report is bounded to a few seconds (``neurodis report`` writes all)
+    report_pages: int = 16
+    report_refs: int = 8
 
 
 def audit_spec(name: str, cfg: DemoConfig, out: Path) -> dict[str, Any]:
@@ -437,7 +441,24 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, runner: Runner | No
     card["audit_seconds"] = seconds
     write_json_atomic(card, out / "scorecard.json")
     head: dict[str, Any] = summaries.get(HEADLINE) or next(iter(summaries.values()), {})
-    return {"summary": head, "summaries": summaries, "scorecard": card}
+    return {"summary": head, "summaries": summaries, "scorecard": card, "report": demo_report(out, runs, cfg)}
+
+
+def demo_report(out: Path, runs: dict[str, Path], cfg: DemoConfig) -> dict[str, Any] | None:
+    """The report of the headline audit in ``OUT/report`` (the scorecard beside the runs is shown on its
+    overview); ``None`` without a headline audit. A failure is logged and returned, never raised: the
+    audits and the scorecard stand without it."""
+    from neurodis.report import build_report
+
+    if HEADLINE not in runs:
+        return None
+    try:
+        return build_report(
+            runs[HEADLINE], out / "report", max_pages=cfg.report_pages, refs=cfg.report_refs, workers=1
+        )
+    except Exception as e:  # noqa: BLE001 - the demo's results stand without their report
+        log.exception("the demo's report failed")
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _fmt(v: Any) -> str:

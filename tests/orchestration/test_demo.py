@@ -86,6 +86,16 @@ def test_demo_small_end_to_end(small_demo):
     assert "trained" in text
 
 
+def test_demo_writes_the_headline_report_with_its_scorecard(small_demo):
+    out, result = small_demo
+    report = result["report"]
+    assert report["index"] == str(out / "report" / "index.html") and not report.get("problems")
+    assert report["neurons"] == 180 and report["pages"] == DemoConfig().report_pages
+    html = (out / "report" / "index.html").read_text()
+    assert "Testbed scorecard" in html and str(out / "scorecard.json") in html
+    print(f"demo report: {report['seconds']} s ({report['thumbnail_seconds']} s thumbnails)")
+
+
 def test_forward_reference_precision_fails_a_wrong_truth(small_demo):
     """The forward scorer on a deliberately wrong truth (every neuron given another neuron's concepts)."""
     from neurodis.methods.forward.scorer import reference_precision
