@@ -44,7 +44,8 @@ def _random_images(root: Path, n: int, side: int) -> None:
     for i in range(n):
         # smooth random images (blocks of colour), so patches differ in content
         small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((side, side), Image.Resampling.BILINEAR).save(root / "all" / f"{i:04d}.png")
+        image = Image.fromarray(small).resize((side, side), Image.Resampling.BILINEAR)
+        image.save(root / "all" / f"{i:04d}.png")
 
 
 def _specs(work: Path, targets: int) -> dict[str, dict[str, Any]]:
@@ -96,8 +97,10 @@ def measure(spec_dict: dict[str, Any], neurons: int) -> dict[str, Any]:
     n = int(batched.meta["interventions"]) + int(batched.meta["targets"])  # forward images, originals too
     a = np.array(batched.tables["patch_swaps"]["delta"].to_pylist(), dtype=float)
     b = np.array(single.tables["patch_swaps"]["delta"].to_pylist(), dtype=float)
-    same_rows = batched.tables["patch_swaps"].drop_columns(["before", "after", "delta", "delta_norm"]).equals(
-        single.tables["patch_swaps"].drop_columns(["before", "after", "delta", "delta_norm"])
+    same_rows = (
+        batched.tables["patch_swaps"]
+        .drop_columns(["before", "after", "delta", "delta_norm"])
+        .equals(single.tables["patch_swaps"].drop_columns(["before", "after", "delta", "delta_norm"]))
     )
     return {
         "neurons": neurons,

@@ -382,33 +382,35 @@ def _rel(target: str, page: str) -> str:
     return os.path.relpath(target, os.path.dirname(page) or ".")
 
 
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2g}"
+
+
+def _half_width(r: dict[str, Any]) -> float:
+    """The larger side of a row's 95 % interval around its mean (0 without one)."""
+    m, lo, hi = r.get("mean_delta_norm"), r.get("ci_low"), r.get("ci_high")
+    if m is None or lo is None or hi is None:
+        return 0.0
+    return float(max(m - lo, hi - m))
+
+
 def _swaps(run: Run, wanted: set[Key]) -> dict[Key, list[tuple[str, float, float]]]:
-    """Per neuron, (condition, mean, sem) of the normalised activation change of its patch swaps, from
-    the ``patch_swaps`` table when the run has one."""
-    t = run.get("patch_swaps")
-    if t is None or not {"layer", "channel", "condition", "delta_norm"} <= set(t.column_names):
+    """Per tested neuron, (condition, mean normalised activation change, half-width of its 95 % interval)
+    of its patch swaps, from the neuron rows of ``patch_swap_summary`` when the run has them."""
+    t = run.get("patch_swap_summary")
+    if t is None:
         return {}
-    cols = ["layer", "channel", "condition", "delta_norm"] + (
-        ["status"] if "status" in t.column_names else []
-    )
-    acc: dict[Key, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in t.select(cols).to_pylist():
+    acc: dict[Key, dict[str, tuple[float, float]]] = defaultdict(dict)
+    for r in t.to_pylist():
         k = (r["layer"], int(r["channel"]))
-        ok = r.get("status") in (None, "ok")
-        if k in wanted and ok and r["delta_norm"] is not None and math.isfinite(r["delta_norm"]):
-            acc[k][str(r["condition"])].append(float(r["delta_norm"]))
-    out = {}
-    for k, by in acc.items():
-        conds = [c for c in SWAP_CONDITIONS if c in by] + sorted(c for c in by if c not in SWAP_CONDITIONS)
-        out[k] = [
-            (
-                c,
-                float(np.mean(by[c])),
-                float(np.std(by[c], ddof=1) / math.sqrt(len(by[c]))) if len(by[c]) > 1 else 0.0,
-            )
-            for c in conds
-        ]
-    return out
+        if (
+            r["scope"] == "neuron"
+            and k in wanted
+            and r["status"] in ("ok", "one_cluster")
+            and r["mean_delta_norm"] is not None
+        ):
+            acc[k][r["condition"]] = (float(r["mean_delta_norm"]), _half_width(r))
+    return {k: [(c, *by[c]) for c in SWAP_CONDITIONS if c in by] for k, by in acc.items()}
 
 
 def _simulations(
@@ -739,35 +741,48 @@ def _overview_sections(run: Run, facts: Facts, out: Path) -> list[dict[str, Any]
     return sections
 
 
-def swap_means(t: Any) -> dict[str, dict[str, float]]:
-    """``patch_swap_summary`` read generically: per layer (one group ``all`` without a layer column),
-    the mean over its rows (one per neuron, or one per layer) of every numeric column whose name says
-    ``mean`` (every numeric column but the keys and counts when none does)."""
-    rows = t.to_pylist()
-    skip = {"layer", "channel", "n", "n_swaps", "n_neurons"}
-    numeric = [
-        c
-        for c in t.column_names
-        if c not in skip and all(isinstance(r[c], (int, float)) or r[c] is None for r in rows)
-    ]
-    means = [c for c in numeric if "mean" in c] or numeric
-    groups: dict[str, dict[str, float]] = {}
-    for layer in dict.fromkeys(str(r.get("layer", "all")) for r in rows):
-        mine = [r for r in rows if str(r.get("layer", "all")) == layer]
-        groups[layer] = {
-            c: float(np.nanmean([r[c] for r in mine if r[c] is not None] or [np.nan])) for c in means
-        }
-    return groups
+def swap_layers(t: Any) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], list[list[str]]]:
+    """From the layer rows of ``patch_swap_summary``: per layer each condition's mean normalised change
+    and the half-width of its 95 % interval, and one table row per layer and control (aligned minus the
+    control across neurons, its interval, Holm-corrected t-test and Wilcoxon p values)."""
+    means: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, float]] = {}
+    table: list[list[str]] = []
+    rows = [r for r in t.to_pylist() if r["scope"] == "layer" and r["status"] == "ok"]
+    for r in rows:
+        if r["mean_delta_norm"] is not None:
+            means.setdefault(r["layer"], {})[r["condition"]] = float(r["mean_delta_norm"])
+            errors.setdefault(r["layer"], {})[r["condition"]] = _half_width(r)
+        if r["condition"] != "aligned":
+            interval = f"[{_fmt(r['diff_ci_low'])}, {_fmt(r['diff_ci_high'])}]"
+            table.append(
+                [r["layer"], r["condition"], _fmt(r["n_pairs"]), _fmt(r["diff"]), interval]
+                + [_p(r["p_holm"]), _p(r["wilcoxon_p"])]
+            )
+    return means, errors, table
 
 
 def _swap_section(t: Any, out: Path) -> dict[str, Any]:
+    means, errors, rows = swap_layers(t)
     fig = _figure(
         out,
         "patch_swap.svg",
-        figures.grouped_bars(swap_means(t), "mean"),
-        "Patch swaps: condition means per layer (table patch_swap_summary).",
+        figures.grouped_bars(means, "mean normalised ΔA", errors),
+        "Patch swaps: mean change of the activation at the target site / the neuron's range, per layer "
+        "and condition, 95 % intervals over neurons (table patch_swap_summary).",
     )
-    return {"title": "Patch swaps", "text": "", "figures": [fig], "tables": []}
+    header = ["layer", "control", "neurons", "aligned - control", "95 % interval", "Holm p", "Wilcoxon p"]
+    text = (
+        "Aligned patches replace a top site's patch with another of its cluster's; the controls paste "
+        "another cluster's, a random site's, the aligned patch elsewhere, or a fill elsewhere "
+        "(docs/patch-swap.md)."
+    )
+    return {
+        "title": "Patch swaps",
+        "text": text,
+        "figures": [fig],
+        "tables": [{"header": header, "rows": rows}],
+    }
 
 
 def _overview(run: Run, facts: Facts, out: Path, page_count: int) -> None:

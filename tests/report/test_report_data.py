@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from neurodis.cli import main
@@ -91,32 +90,29 @@ def test_max_pages_spreads_over_the_psi_ranking_and_named_neurons(small_audit: P
         build_report(small_audit, tmp_path / "bad", neurons=["layer9/0"])
 
 
-def test_patch_swap_bars_average_delta_norm_per_condition(small_audit: Path, tmp_path: Path):
-    """The patch-swap part is drawn when the run has a ``patch_swaps`` table: per condition the mean of
-    ``delta_norm`` over the neuron's ok swaps (oracle: numpy over the same rows)."""
+def test_patch_swap_bars_are_the_neuron_rows_of_the_summary(small_audit: Path):
+    """A neuron page's patch-swap bars: per condition the neuron's mean normalised change and the larger
+    side of its interval, as committed in ``patch_swap_summary`` (oracle: numpy over ``patch_swaps``)."""
+    from neurodis.io.tables import read_table
     from neurodis.report.build import Facts, _swaps
     from neurodis.report.data import open_report_run
 
     run = open_report_run(small_audit)
-    rng = np.random.default_rng(0)
-    conds = ["random", "aligned", "non_aligned", "shuffled_position", "ablate_elsewhere"]
-    rows = [
-        {"layer": "layer1", "channel": 2, "condition": c, "delta_norm": float(v), "status": s}
-        for c in conds
-        for v, s in zip(rng.normal(size=5), ["ok"] * 4 + ["error: x"])
-    ]
-    run.tables["patch_swaps"] = pa.Table.from_pylist(rows)
-    got = _swaps(run, {("layer1", 2)})[("layer1", 2)]
+    swaps = read_table(small_audit, "patch_swaps").to_pylist()
+    key = next((r["layer"], r["channel"]) for r in swaps if r["status"] == "ok")
+    got = _swaps(run, {key})[key]
     assert [g[0] for g in got] == [
-        "aligned",
-        "non_aligned",
-        "random",
-        "shuffled_position",
-        "ablate_elsewhere",
+        c
+        for c in ("aligned", "non_aligned", "random", "shuffled_position", "ablate_elsewhere")
+        if any((r["layer"], r["channel"], r["condition"], r["status"]) == (*key, c, "ok") for r in swaps)
     ]
-    for c, mean, _sem in got:
-        want = np.mean([r["delta_norm"] for r in rows if r["condition"] == c and r["status"] == "ok"])
-        assert mean == pytest.approx(want)
+    for c, mean, err in got:
+        values = [
+            r["delta_norm"]
+            for r in swaps
+            if (r["layer"], r["channel"], r["condition"]) == (*key, c) and r["status"] == "ok"
+        ]
+        assert mean == pytest.approx(np.mean(values)) and err >= 0
     assert Facts(run).keys  # the run still reads
 
 
@@ -195,24 +191,29 @@ def test_gallery_without_a_loadable_model_shows_plain_images(small_audit: Path, 
     assert len(list((tmp_path / "site" / "n" / "layer1" / "0").glob("r*.jpg"))) == 3
 
 
-def test_patch_swap_summary_section_averages_each_mean_column_per_layer(tmp_path: Path):
-    """The overview's patch-swap part reads ``patch_swap_summary`` generically: per layer, the mean of
-    every numeric ``*mean*`` column over its rows (oracle: numpy over the same rows)."""
-    from neurodis.report.build import _swap_section, swap_means
+def test_patch_swap_section_reads_the_layer_rows(small_audit: Path, tmp_path: Path):
+    """The overview's patch-swap part: each layer's condition means and intervals and its aligned-vs-control
+    rows, read from ``patch_swap_summary``'s layer rows (oracle: the rows themselves)."""
+    from neurodis.io.tables import read_table
+    from neurodis.report.build import _swap_section, swap_layers
 
-    rows = [
-        {"layer": layer, "channel": c, "aligned_mean": float(c), "random_mean": -float(c), "n_swaps": 7}
-        for layer in ("a", "b")
-        for c in range(3 if layer == "a" else 5)
-    ]
-    section = _swap_section(pa.Table.from_pylist(rows), tmp_path)
+    t = read_table(small_audit, "patch_swap_summary")
+    layer_rows = [r for r in t.to_pylist() if r["scope"] == "layer" and r["status"] == "ok"]
+    assert layer_rows, "the small audit has no patch-swap layer rows"
+    means, errors, rows = swap_layers(t)
+    for r in layer_rows:
+        if r["mean_delta_norm"] is not None:
+            assert means[r["layer"]][r["condition"]] == pytest.approx(r["mean_delta_norm"])
+            lo, hi = r["ci_low"], r["ci_high"]
+            assert errors[r["layer"]][r["condition"]] == pytest.approx(
+                max(r["mean_delta_norm"] - lo, hi - r["mean_delta_norm"])
+            )
+    assert len(rows) == sum(r["condition"] != "aligned" for r in layer_rows)
+    section = _swap_section(t, tmp_path)
     svg = (tmp_path / "fig" / "patch_swap.svg").read_text()
     assert section["title"] == "Patch swaps" and section["figures"][0]["src"] == "fig/patch_swap.svg"
-    assert "aligned_mean" in svg and "random_mean" in svg and "n_swaps" not in svg  # the legend: mean columns
-    groups = swap_means(pa.Table.from_pylist(rows))
-    for layer in ("a", "b"):
-        want = np.mean([r["aligned_mean"] for r in rows if r["layer"] == layer])
-        assert groups[layer] == {"aligned_mean": pytest.approx(want), "random_mean": pytest.approx(-want)}
+    assert "aligned" in svg and "shuffled_position" in svg
+    assert section["tables"][0]["header"][3] == "aligned - control"
 
 
 def test_cli_report_prints_the_index_path(small_audit: Path, tmp_path: Path, capsys):
