@@ -7,7 +7,7 @@ Two models, each audited first (forward, embed, PSI) on a probe set built here:
 - ``testbed``: the entangled testbed network (``neurodis.testbed.entangled``, its ``planted`` layer,
   64-px images of the testbed world), the demo's model;
 - ``resnet18``: a seeded random-weight torchvision ResNet-18 (``layer2``) on random 128-px images
-  (``data.transform`` resizes nothing: preprocessing at 128 px), with the tests' toy embedder.
+  (the eval transform at 128 px: no resize), with the tests' toy embedder.
 
     python benchmarks/patch_swap_speed.py [--neurons 16] [--targets 10] [--threads 1]
 
@@ -67,12 +67,12 @@ def _specs(work: Path, targets: int) -> dict[str, dict[str, Any]]:
             "output": str(work / "run-testbed"),
         },
         "resnet18": {
-            "model": {"arch": "resnet18", "resize": 128, "crop": 128},
+            "model": {"arch": "resnet18", "input_size": 128, "preprocess": {"resize": 128, "crop": 128}},
             "data": {"kind": "imagefolder", "root": str(work / "random")},
             "layers": ["layer2"],
             "stages": ["forward", "embed", "psi", "patch_swap"],
             "forward": {"top_k": 20},
-            "embed": {"embedder": "neurodis.models.tiny:ToyEmbedder", "templates": ["{}"]},
+            "embed": {"embedder": "neurodis.models.tiny:ToyEmbedder", "templates": ["{}"], "calibration": "off"},
             "psi": {"top_k": 20, "n_null": 5, "n_boot": 0},
             "patch_swap": swap,
             "output": str(work / "run-resnet18"),

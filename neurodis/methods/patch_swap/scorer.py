@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.dataset as ds
 
 from neurodis.io.tables import read_table
-from neurodis.kernels.patch_swap import CONDITIONS
+from neurodis.kernels.patch_swap import CONDITIONS, holm
 from neurodis.methods.patch_swap.plan import TESTED
 from neurodis.methods.patch_swap.stats import compare
 
@@ -37,25 +37,47 @@ def neuron_means(run_dir: str | Path, layer: str | None = None) -> dict[tuple[st
     return out
 
 
+def greater_p(diff: float | None, two_sided: float | None) -> float:
+    """The one-sided paired t-test p value of "aligned > control" from the two-sided one and the sign of
+    the mean difference (NaN without a test)."""
+    if diff is None or two_sided is None:
+        return float("nan")
+    return two_sided / 2 if diff > 0 else 1 - two_sided / 2
+
+
 def group_effect(means: list[dict[str, float]], seed: int = 0) -> dict[str, Any]:
     """Aligned against each control over ``means`` (one mapping per neuron). ``effect``: aligned minus the
-    closest control (the smallest difference), with its interval; ``p_value_max`` / ``p_value_min``: the
-    largest / smallest Holm-corrected paired t-test p value over the four controls."""
+    closest control (the smallest difference), with its interval. ``p_value_max`` / ``p_value_min``: the
+    largest / smallest over the four controls of the one-sided paired t-test p value of "aligned beats the
+    control" (``p_greater``), Holm-corrected over the four; ``p_value_max`` is ``None`` when a control
+    has no test (it cannot have been beaten)."""
     values: dict[str, np.ndarray] = {
         c: np.array([m.get(c, np.nan) for m in means], dtype=np.float64) for c in CONDITIONS
     }
     rows = compare(values, values, N_BOOT, seed)
     controls = {r["condition"]: r for r in rows if r["condition"] != "aligned"}
+    greater = holm([greater_p(r["diff"], r["t_p"]) for r in controls.values()])
+    for r, p in zip(controls.values(), greater):
+        r["p_greater"] = None if np.isnan(p) else float(p)
     diffs = {c: r["diff"] for c, r in controls.items() if r["diff"] is not None}
     best = min(diffs, key=lambda c: diffs[c]) if diffs else None
-    ps = [r["p_holm"] for r in controls.values() if r["p_holm"] is not None]
+    ps = [r["p_greater"] for r in controls.values() if r["p_greater"] is not None]
     return {
         "n_neurons": len(means),
         "means": {r["condition"]: r["mean_delta_norm"] for r in rows},
         "controls": {
             c: {
                 k: r[k]
-                for k in ("n_pairs", "diff", "diff_ci_low", "diff_ci_high", "t_p", "wilcoxon_p", "p_holm")
+                for k in (
+                    "n_pairs",
+                    "diff",
+                    "diff_ci_low",
+                    "diff_ci_high",
+                    "t_p",
+                    "wilcoxon_p",
+                    "p_holm",
+                    "p_greater",
+                )
             }
             for c, r in controls.items()
         },

@@ -278,6 +278,11 @@ def test_group_effect_on_right_and_wrong_answers():
     got = group_effect(wrong)
     assert got["best_control"] == "shuffled_position" and got["effect_ci_low"] < 0 < got["effect_ci_high"]
     assert got["p_value_max"] > 0.05
+    # aligned significantly *below* a control: no evidence for "aligned beats it" (one-sided p near 1)
+    below = [{**m, "shuffled_position": m["aligned"] + 0.3 + rng.normal(0, 0.05)} for m in causal]
+    got = group_effect(below)
+    assert got["effect"] < 0 and got["p_value_max"] > 0.99
+    assert got["controls"]["shuffled_position"]["t_p"] < 1e-6  # the two-sided test does find a difference
     # a missing control makes p_value_max undefined, not small
     missing = [{k: v for k, v in m.items() if k != "ablate_elsewhere"} for m in causal]
     assert group_effect(missing)["p_value_max"] is None
