@@ -1,6 +1,7 @@
 """Patch-swap speed: the worker's batched interventions (``patch_swap.batch_size`` images per forward pass,
-stopping at the audited layer) vs the same interventions one image at a time through the whole model,
-same device, same rendered images, the same rows.
+stopping at the audited layer, each unmodified target image run once for all the neurons it serves) vs
+the same interventions one image at a time through the whole model, same device, same rendered images,
+the same rows. Rates count every intervention and the unmodified image it is compared with.
 
 Two models, each audited first (forward, embed, PSI) on a probe set built here:
 
@@ -92,9 +93,9 @@ def measure(spec_dict: dict[str, Any], neurons: int) -> dict[str, Any]:
     batched = worker.block_output(block)
     t_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
-    single = worker.block_output(block, batch_size=1, stop=False)
+    single = worker.block_output(block, batch_size=1, stop=False, dedupe=False)
     t_single = time.perf_counter() - t0
-    n = int(batched.meta["interventions"]) + int(batched.meta["targets"])  # forward images, originals too
+    n = int(batched.meta["interventions"]) + int(batched.meta["targets"])  # interventions and their originals
     a = np.array(batched.tables["patch_swaps"]["delta"].to_pylist(), dtype=float)
     b = np.array(single.tables["patch_swaps"]["delta"].to_pylist(), dtype=float)
     same_rows = (
@@ -104,7 +105,8 @@ def measure(spec_dict: dict[str, Any], neurons: int) -> dict[str, Any]:
     )
     return {
         "neurons": neurons,
-        "forward_images": n,
+        "interventions_and_originals": n,
+        "batched_forward_images": int(batched.meta["forward_images"]),
         "interventions": int(batched.meta["interventions"]),
         "batched_per_s": round(n / t_batched, 1),
         "single_per_s": round(n / t_single, 1),

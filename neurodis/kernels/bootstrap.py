@@ -31,7 +31,10 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    draws = np.array([stat(x[i]) for i in idx], dtype=np.float64)
+    if stat is np.mean and x.ndim == 1:  # the common case, vectorised (one row of draws per resample)
+        draws = x[idx].mean(axis=1)
+    else:
+        draws = np.array([stat(x[i]) for i in idx], dtype=np.float64)
     draws = draws[np.isfinite(draws)]
     if not len(draws):
         return float("nan"), float("nan")

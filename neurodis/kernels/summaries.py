@@ -59,12 +59,19 @@ def summarize(out: torch.Tensor, token_reduce: TokenReduce = "mean") -> Summary:
     )
 
 
-def site_values(out: torch.Tensor, channels: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``[B]`` float32: for each row ``b`` of a layer output, channel ``channels[b]`` at site
-    ``(h[b], w[b])``, with the site convention of :func:`summarize` (vectors have the one site (0, 0);
-    token sites index the square grid of patch tokens after the prefix)."""
+def site_values(
+    out: torch.Tensor,
+    channels: torch.Tensor,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[n]`` float32: the value of channel ``channels[i]`` at site ``(h[i], w[i])`` of batch row
+    ``rows[i]`` of a layer output (``rows`` defaults to one read per row, in order), with the site
+    convention of :func:`summarize` (vectors have the one site (0, 0); token sites index the square grid
+    of patch tokens after the prefix)."""
     x = out.detach()
-    b = torch.arange(x.shape[0], device=x.device)
+    b = torch.arange(x.shape[0], device=x.device) if rows is None else rows.to(x.device, torch.long)
     c, hh, ww = (t.to(device=x.device, dtype=torch.long) for t in (channels, h, w))
     if x.dim() == 4:
         return x[b, c, hh, ww].float()

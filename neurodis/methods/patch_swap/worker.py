@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -97,8 +96,15 @@ class LayerProbe:
             handle.remove()
 
     def values(
-        self, x: torch.Tensor, channels: Sequence[int], h: Sequence[int], w: Sequence[int], stop: bool = True
+        self,
+        x: torch.Tensor,
+        rows: np.ndarray,
+        channels: np.ndarray,
+        h: np.ndarray,
+        w: np.ndarray,
+        stop: bool = True,
     ) -> np.ndarray:
+        """The layer's value at ``(channels[i], h[i], w[i])`` of batch row ``rows[i]``, for every i."""
         box: list[torch.Tensor] = []
         with self._hook(stop, box), torch.inference_mode():
             try:
@@ -107,29 +113,46 @@ class LayerProbe:
                 pass
         if not box:
             raise RuntimeError(f"layer {self.layer!r} produced no output in the forward pass")
-        t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.int64))  # noqa: E731
-        return site_values(box[0], t(channels), t(h), t(w)).cpu().numpy().astype(np.float64)
+        t = torch.as_tensor
+        out = site_values(box[0], t(channels), t(h), t(w), rows=t(rows))
+        return out.cpu().numpy().astype(np.float64)
 
 
-@dataclass
-class _Job:
-    image: np.ndarray
-    channel: int
-    h: int
-    w: int
+class Reads:
+    """Images to run and the activations to read from them: a read is (image job, channel, h, w). With
+    ``key`` an image is run once however many reads it has (a target image shared by several neurons)."""
+
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+        self.keys: dict[Any, int] = {}
+        self.reads: list[tuple[int, int, int, int]] = []
+
+    def image(self, image: np.ndarray, key: Any = None) -> int:
+        if key is not None and key in self.keys:
+            return self.keys[key]
+        self.images.append(image)
+        if key is not None:
+            self.keys[key] = len(self.images) - 1
+        return len(self.images) - 1
+
+    def read(self, job: int, channel: int, h: int, w: int) -> int:
+        self.reads.append((job, channel, h, w))
+        return len(self.reads) - 1
 
 
 def evaluate(
-    probe: LayerProbe, pre: PreprocessConfig, jobs: Sequence[_Job], batch_size: int, stop: bool = True
+    probe: LayerProbe, pre: PreprocessConfig, reads: Reads, batch_size: int, stop: bool = True
 ) -> np.ndarray:
-    """The activation of each job's channel at its site, ``batch_size`` images per forward pass."""
-    out = np.empty(len(jobs), np.float64)
-    for s in range(0, len(jobs), batch_size):
-        part = jobs[s : s + batch_size]
-        x = torch.stack([preprocess(j.image, pre) for j in part])
-        out[s : s + len(part)] = probe.values(
-            x, [j.channel for j in part], [j.h for j in part], [j.w for j in part], stop
-        )
+    """Every read's activation, ``batch_size`` images per forward pass."""
+    out = np.full(len(reads.reads), np.nan)
+    r = np.asarray(reads.reads, dtype=np.int64).reshape(-1, 4)
+    for s in range(0, len(reads.images), batch_size):
+        part = reads.images[s : s + batch_size]
+        sel = np.flatnonzero((r[:, 0] >= s) & (r[:, 0] < s + len(part)))
+        if not len(sel):
+            continue
+        x = torch.stack([preprocess(image, pre) for image in part])
+        out[sel] = probe.values(x, r[sel, 0] - s, r[sel, 1], r[sel, 2], r[sel, 3], stop)
     return out
 
 
@@ -217,7 +240,11 @@ class SwapWorker:
         }
         return plan_interventions(sites, n.partition, pool, sizes, seed, max_targets=cfg.targets)
 
-    def block_output(self, block: SwapBlock, batch_size: int | None = None, stop: bool = True) -> UnitOutput:
+    def block_output(
+        self, block: SwapBlock, batch_size: int | None = None, stop: bool = True, dedupe: bool = True
+    ) -> UnitOutput:
+        """The block's ``patch_swaps`` rows. ``batch_size=1, stop=False, dedupe=False`` runs every image
+        alone through the whole model (the benchmark's baseline; the same rows)."""
         plan, cfg = self.plan, self.plan.spec.patch_swap
         g = plan.geometry(block.layer)
         statuses: dict[str, str] = {}
@@ -232,36 +259,30 @@ class SwapWorker:
             except Exception as e:  # noqa: BLE001 - one failing neuron never loses the block
                 log.exception("patch_swap %s/%d failed", block.layer, n.channel)
                 statuses[str(n.channel)] = f"error: {error_text(e)}"
-        jobs: list[_Job] = []
-        index: list[tuple[int, list[int]]] = []  # per target: job of the original, jobs per intervention
+        reads = Reads()
+        index: list[tuple[int, list[int]]] = []  # per target: read of the original, reads per intervention
         for n, ivs in planned:
             n_conditions = 5
             for t in range(0, len(ivs), n_conditions):
                 site = n.sites[t // n_conditions]
-                original = len(jobs)
-                jobs.append(_Job(self.images[site.image_id], n.channel, site.h, site.w))
+                key = site.image_id if dedupe else None  # the unmodified image: run once for every neuron
+                original = reads.read(reads.image(self.images[site.image_id], key), n.channel, site.h, site.w)
                 slots = []
                 for iv in ivs[t : t + n_conditions]:
                     if iv.status == "ok":
-                        slots.append(len(jobs))
-                        jobs.append(
-                            _Job(render(iv, self.images, squares, cfg.fill), n.channel, site.h, site.w)
-                        )
+                        job = reads.image(render(iv, self.images, squares, cfg.fill))
+                        slots.append(reads.read(job, n.channel, site.h, site.w))
                     else:
                         slots.append(-1)
                 index.append((original, slots))
-        values = evaluate(
-            LayerProbe(self.model, block.layer, self.device),
-            self.pre,
-            jobs,
-            batch_size or cfg.batch_size,
-            stop,
-        )
+        probe = LayerProbe(self.model, block.layer, self.device)
+        values = evaluate(probe, self.pre, reads, batch_size or cfg.batch_size, stop)
         table = _rows(block.layer, planned, index, values)
         meta = {
             "neurons": statuses,
             "targets": len(index),
             "interventions": int(sum(s >= 0 for _, slots in index for s in slots)),
+            "forward_images": len(reads.images),
         }
         return UnitOutput({"patch_swaps": table}, meta, {"interventions": meta["interventions"]})
 

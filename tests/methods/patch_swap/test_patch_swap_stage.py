@@ -104,7 +104,7 @@ def test_every_worker_path_equals_one_image_at_a_time_through_the_whole_model(ru
     w = worker_mod.SwapWorker(plan)
     block = SwapBlock("layer2", 0, 5)
     batched = w.block_output(block).tables["patch_swaps"]
-    single = w.block_output(block, batch_size=1, stop=False).tables["patch_swaps"]
+    single = w.block_output(block, batch_size=1, stop=False, dedupe=False).tables["patch_swaps"]
     committed_rows = read_table(
         run, "patch_swaps", filter=(ds.field("layer") == "layer2") & (ds.field("channel") < 5)
     )
