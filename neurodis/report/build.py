@@ -367,6 +367,9 @@ def _page_items(
                 "le": les,
                 "psi": {k: _clean(v) for k, v in psi.items() if not isinstance(v, list)} if psi else None,
                 "swaps": swaps.get(key),
+                "swaps_missing": [
+                    c for c in SWAP_CONDITIONS if c not in {s[0] for s in swaps.get(key) or []}
+                ],
                 **neighbours,
             }
         )
@@ -767,7 +770,7 @@ def _swap_section(t: Any, out: Path) -> dict[str, Any]:
     fig = _figure(
         out,
         "patch_swap.svg",
-        figures.grouped_bars(means, "mean normalised ΔA", errors),
+        figures.grouped_bars(means, "mean normalised ΔA", errors, order=SWAP_CONDITIONS),
         "Patch swaps: mean change of the activation at the target site / the neuron's range, per layer "
         "and condition, 95 % intervals over neurons (table patch_swap_summary).",
     )

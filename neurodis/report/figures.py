@@ -129,12 +129,16 @@ def top_impact(curves: dict[str, tuple[list[float], list[float], list[float], li
 
 
 def grouped_bars(
-    groups: dict[str, dict[str, float]], ylabel: str, errors: dict[str, dict[str, float]] | None = None
+    groups: dict[str, dict[str, float]],
+    ylabel: str,
+    errors: dict[str, dict[str, float]] | None = None,
+    order: Sequence[str] | None = None,
 ) -> str:
     """Bars per group (x) and series (colour): PURE's virtual-neuron counts per layer and k, patch-swap
     means per layer and condition."""
     names = list(groups)
-    series = sorted({s for g in groups.values() for s in g}, key=str)
+    present = {s for g in groups.values() for s in g}
+    series = [s for s in order if s in present] if order else sorted(present, key=str)
     fig = Figure(figsize=(max(3.0, 0.7 * len(names) * max(1, len(series)) / 2 + 2), 2.4))
     ax = fig.subplots()
     width = 0.8 / max(len(series), 1)
