@@ -21,7 +21,7 @@ def open_run(run_dir: str | Path) -> tuple[RunLayout, AuditSpec]:
 
 def run_layout(run_dir: str | Path) -> RunLayout:
     """The layout of an existing run directory; ``FileNotFoundError`` naming the fix otherwise."""
-    layout = RunLayout(Path(run_dir))
+    layout = RunLayout(run_dir)
     if not layout.spec_path.is_file():
         what = "does not exist" if not layout.root.exists() else "has no spec.yaml"
         raise FileNotFoundError(

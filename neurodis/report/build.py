@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from neurodis.io.store import StorePath
 from neurodis.report import figures
 from neurodis.report.data import Run, open_report_run
 from neurodis.types import NeuronRef, SpecError
@@ -580,7 +581,7 @@ def _status_rows(facts: Facts) -> tuple[list[str], list[dict[str, Any]]]:
     return names, rows
 
 
-def _scorecard(card: dict[str, Any], path: Path) -> dict[str, Any]:
+def _scorecard(card: dict[str, Any], path: Path | StorePath) -> dict[str, Any]:
     """The scorecard's sections as (figure, value) pairs: scalars, one level of nested scalars, an
     interval beside its figure; sections that are absent or failed say so."""
     sections = []
@@ -850,7 +851,9 @@ def build_report(
     if map_method not in ("pca", "umap"):
         raise SpecError(f"map method {map_method!r}: choose pca or umap")
     run = open_report_run(run_dir)
-    out = Path(out) if out is not None else run.root / "report"
+    if out is None and run.root.remote:
+        raise SpecError(f"{run.root} is on object storage; pass --out DIR, a local folder for the report")
+    out = Path(out) if out is not None else run.root.local / "report"
     facts = Facts(run)
     keys = select_pages(facts, neurons, max_pages)
     _prepare_out(out)

@@ -71,7 +71,7 @@ class EmbedPlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
     def geometry(self, layer: str) -> LayerGeometry:
         return next(g for g in self.layers if g.layer == layer)

@@ -67,7 +67,7 @@ def embedder_steps(
         extra_hashes=images,
     )
     if eplan.share_from:  # the run's own embed stage already embedded these images with this embedder
-        share_image_units(RunLayout(Path(eplan.share_from)), aux, IMAGES_STAGE, plan.images_hash)
+        share_image_units(RunLayout(eplan.share_from), aux, IMAGES_STAGE, plan.images_hash)
     units = [
         Unit(t.unit, t, IMAGES_STAGE, plan.images_hash) if isinstance(t, ImageShardTask) else Unit(t.unit, t)
         for t in tasks(plan, records)

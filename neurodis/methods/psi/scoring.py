@@ -70,7 +70,7 @@ class PsiPlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
     @property
     def params(self) -> PsiParams:

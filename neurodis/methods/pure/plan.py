@@ -97,7 +97,7 @@ class PurePlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
     def layer(self, path: str) -> PureLayer:
         for lp in self.layers:
