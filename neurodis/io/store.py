@@ -248,9 +248,17 @@ class StorePath:
         if self.fs is not None and dst.fs is not None and self.fs.equals(dst.fs):
             self.fs.copy_file(self.key, dst.key)
             return
-        from neurodis.io.atomic import write_bytes_atomic
-
-        write_bytes_atomic(self.read_bytes(), dst)
+        data = self.read_bytes()
+        if dst._local is None:
+            dst.write_bytes(data)
+            return
+        dst._local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst._local.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, dst._local)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def open_dataset_paths(paths: list[StorePath]) -> tuple[list[str], Any]:

@@ -11,7 +11,6 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -13,7 +13,6 @@ forward stage's hash, so a changed forward invalidates PURE, and a changed ``k``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from neurodis.config import AuditSpec
 from neurodis.io.layout import RunLayout
