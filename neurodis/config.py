@@ -38,7 +38,6 @@ from neurodis.sections import (
 from neurodis.types import SpecError
 
 if TYPE_CHECKING:
-    from neurodis.io.store import StorePath
     from neurodis.pipeline.method import Method
 
 # the method sections are re-exported for convenience; each is defined in its method's package
@@ -280,14 +279,11 @@ def spec_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return walk(old, new, "")
 
 
-def load_spec(path: str | Path | StorePath, overrides: dict[str, Any] | None = None) -> AuditSpec:
-    """Read a YAML audit spec (a local file or a run's ``spec.yaml`` on an object store); ``overrides``
-    replace top-level keys (e.g. from the CLI)."""
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> AuditSpec:
+    """Read a YAML audit spec; ``overrides`` replace top-level keys (e.g. from the CLI)."""
     import yaml  # local: keeps `import neurodis.config` light
 
-    from neurodis.io.store import StorePath
-
-    p = StorePath.of(path)
+    p = Path(path)
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist; pass the path of an audit spec YAML")
     try:

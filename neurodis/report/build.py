@@ -220,7 +220,7 @@ def _page_items(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Everything each page shows as plain values, and the problems met (one line each). Writes the
     thumbnails (one forward pass over the shown references)."""
-    from neurodis.config import load_spec
+    from neurodis.io.runs import run_spec
     from neurodis.report.images import Need, write_thumbnails
 
     images = run.get("images")
@@ -373,7 +373,7 @@ def _page_items(
         )
     problems = []
     if needs:
-        spec = load_spec(run.layout.spec_path)
+        spec = run_spec(run.layout)
         problems = write_thumbnails(spec, paths, needs)
     return items, problems
 
@@ -423,12 +423,12 @@ def _simulations(
     if not any(facts.expl.get(k) for k in keys):
         return {}, {}
     try:
-        from neurodis.config import load_spec
+        from neurodis.io.runs import run_spec
         from neurodis.methods.le.ablation import _columns
         from neurodis.methods.le.explanations import layer_data, load_source, simulate
         from neurodis.methods.le.plan import plan_explain
 
-        plan, _ = plan_explain(load_spec(run.layout.spec_path), run.layout)
+        plan, _ = plan_explain(run_spec(run.layout), run.layout)
     except Exception as e:  # noqa: BLE001 - the pages say why instead
         why = f"simulation not recomputed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return {}, {(r["explainer"], k[0]): why for k in keys for r in facts.expl.get(k, [])}
