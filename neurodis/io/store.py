@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -266,3 +267,45 @@ def open_dataset_paths(paths: list[StorePath]) -> tuple[list[str], Any]:
     if not paths or paths[0].fs is None:
         return [str(p) for p in paths], None
     return [p.key for p in paths], paths[0].fs
+
+
+# Stages whose every file goes through this module, tested against an S3 server. Others still use
+# local-only file calls somewhere; the preflight refuses them for a run on an object store.
+REMOTE_STAGES = frozenset({"forward"})
+
+
+def _store_error(e: BaseException) -> str:
+    """The store's error code (``AWS Error ACCESS_DENIED``), or the first line of the message."""
+    text = str(e)
+    m = re.search(r"AWS Error [A-Z_]+", text)
+    return m.group(0) if m else (text.strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+_CREDENTIALS = (
+    "set the store's standard credentials in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+    "or AWS_PROFILE; AWS_ENDPOINT_URL for an S3-compatible server; GOOGLE_APPLICATION_CREDENTIALS for GCS)"
+)
+
+
+def storage_problem(key: str, location: str) -> str | None:
+    """One line when ``location`` is on an object store that this process cannot write: the URI does
+    not resolve, the credentials are refused, the bucket is missing, or a test write fails. Local
+    paths: None (their folders are created as needed). The line names the key and the fix and holds
+    no credential (pyarrow's errors name the bucket and the error code, never a key)."""
+    if not is_remote(location):
+        return None
+    try:
+        root = StorePath.of(location)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        return f"{key} {location!r}: not a storage URI pyarrow resolves ({_store_error(e)}); use s3://BUCKET/PREFIX, gs://..."
+    assert root.fs is not None
+    bucket = root.key.split("/", 1)[0]
+    probe = root / "_preflight" / uuid.uuid4().hex
+    try:
+        if root.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            return f"{key} {location!r}: bucket {bucket!r} does not exist; create it or fix the bucket name"
+        probe.write_bytes(b"")
+        probe.unlink(missing_ok=True)
+    except OSError as e:
+        return f"{key} {location!r}: the store refused access ({_store_error(e)}); {_CREDENTIALS}"
+    return None

@@ -241,7 +241,7 @@ def run_audit(
     if preflight:
         from neurodis.preflight import run_preflight  # local: `neurodis status` imports this module
 
-        run_preflight(spec)
+        run_preflight(spec, out)
     layout = RunLayout(out or spec.output, spec.cache_dir or None)
     layout.root.mkdir(parents=True, exist_ok=True)
     runner = runner or LocalRunner()
