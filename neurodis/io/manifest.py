@@ -90,6 +90,7 @@ def commit_unit(
         write_parquet_atomic(table, final, layout.tmp_dir)
         files[name] = final.relative_to(layout.root)
     manifest = Manifest(stage, unit, config_hash, files, dict(meta or {}))
+    faults.before_manifest(stage, unit)
     write_json_atomic(
         {
             "stage": stage,

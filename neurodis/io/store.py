@@ -297,7 +297,8 @@ def storage_problem(key: str, location: str) -> str | None:
     try:
         root = StorePath.of(location)
     except (OSError, ValueError, pa.ArrowException) as e:
-        return f"{key} {location!r}: not a storage URI pyarrow resolves ({_store_error(e)}); use s3://BUCKET/PREFIX, gs://..."
+        why = _store_error(e)
+        return f"{key} {location!r}: not a storage URI pyarrow resolves ({why}); write s3://BUCKET/PREFIX, gs://..."
     assert root.fs is not None
     bucket = root.key.split("/", 1)[0]
     probe = root / "_preflight" / uuid.uuid4().hex
