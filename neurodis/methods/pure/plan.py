@@ -31,7 +31,6 @@ ATTR_STEP = "pure"
 CLUSTER_STEP = "pure-cluster"
 INDEX_STEP = "pure-index"
 STEPS = (ATTR_STEP, CLUSTER_STEP, INDEX_STEP)
-INDEX_DIR = "pure_index"
 ID_STRIDE = 1 << 16  # faiss id = channel * ID_STRIDE + cluster
 
 
