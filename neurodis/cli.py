@@ -85,7 +85,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.stages:
         overrides["stages"] = args.stages
     spec = load_spec(args.spec, overrides)
-    run_preflight(spec)  # every problem of the spec at once, before Ray starts
+    run_preflight(spec, args.out)  # every problem of the spec at once, before Ray starts
     summary = _run_stoppably(
         lambda: LocalRunner() if args.local else RayRunner(address=args.address),
         lambda runner: run_audit(

@@ -6,6 +6,9 @@ to its workers (``RayRunner(env_vars=...)`` or a job's runtime environment). Uns
   ``le-ablation/*``) is killed with SIGKILL, as a crashed GPU worker would be. With
   ``NEURODIS_FAULT_MARKER=DIR`` each pattern fires once (``DIR/<i>`` records the unit that died for
   pattern ``i``); without it, on every attempt (a persistent failure).
+- ``NEURODIS_FAULT_EXIT_COMMIT=PATTERN[,PATTERN...]``: the same, but after the unit wrote its table
+  files and before its manifest: the files are left behind uncommitted (same marker rule, its own
+  ``NEURODIS_FAULT_MARKER/commit-<i>`` files).
 - ``NEURODIS_FAULT_PAUSE_UNIT=PATTERN[,PATTERN...]``: a worker that starts a matching unit sleeps
   ``NEURODIS_FAULT_PAUSE_S`` seconds (default 60) first, as a slow unit would (the interrupt tests
   signal the driver while it waits there).
@@ -33,7 +36,16 @@ def at_unit_start(stage: str, unit: str) -> None:
     name = f"{stage}/{unit}"
     if _matches(os.environ.get("NEURODIS_FAULT_PAUSE_UNIT", ""), name):
         time.sleep(float(os.environ.get("NEURODIS_FAULT_PAUSE_S", "60")))
-    patterns = os.environ.get("NEURODIS_FAULT_EXIT_UNIT")
+    _exit_if("NEURODIS_FAULT_EXIT_UNIT", name, "")
+
+
+def before_manifest(stage: str, unit: str) -> None:
+    """Called by :func:`neurodis.io.manifest.commit_unit` after the unit's files, before its manifest."""
+    _exit_if("NEURODIS_FAULT_EXIT_COMMIT", f"{stage}/{unit}", "commit-")
+
+
+def _exit_if(variable: str, name: str, prefix: str) -> None:
+    patterns = os.environ.get(variable)
     if not patterns:
         return
     for i in _matches(patterns, name):
@@ -41,7 +53,7 @@ def at_unit_start(stage: str, unit: str) -> None:
         if marker:
             Path(marker).mkdir(parents=True, exist_ok=True)
             try:  # exclusive create: of several workers racing for one pattern, one dies
-                fd = os.open(Path(marker) / str(i), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(Path(marker) / f"{prefix}{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 continue
             with os.fdopen(fd, "w") as f:

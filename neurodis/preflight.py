@@ -13,12 +13,14 @@ earlier, when the spec is built (``neurodis.config``).
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from torch import nn
 
 from neurodis.config import AuditSpec
 from neurodis.data.probe import check_readable, list_probe_set
+from neurodis.io.store import REMOTE_STAGES, is_remote, storage_problem
 from neurodis.models.layers import LayerInfo, discover_layers, layer_problems
 from neurodis.models.loading import load_model, resolve_preprocess
 from neurodis.pipeline.method import SpecInputs
@@ -60,11 +62,40 @@ def _layers(model: nn.Module, cfg: ModelConfig, size: int) -> list[LayerInfo]:
         ) from None
 
 
-def run_preflight(spec: AuditSpec) -> SpecInputs:
+def storage_problems(spec: AuditSpec, out: str | os.PathLike[str] | None = None) -> list[str]:
+    """The run directory and cache on an object store: reachable with this environment's credentials,
+    the bucket there, a test object written and deleted; stages that run there; probe images local."""
+    output = str(out or spec.output)
+    problems = [
+        p
+        for key, loc in (("output", output), ("cache_dir", spec.cache_dir))
+        if loc
+        for p in [storage_problem(key, str(loc))]
+        if p
+    ]
+    if any(is_remote(str(loc)) for loc in (output, spec.cache_dir) if loc):
+        other = [s for s in spec.stages if s not in REMOTE_STAGES]
+        if other:
+            problems.append(
+                f"stages {other}: these do not run on object storage yet (they do: {sorted(REMOTE_STAGES)}); "
+                "write this run to a local or shared folder (output, cache_dir)"
+            )
+    if is_remote(str(spec.data.root)):
+        problems.append(
+            f"data.root {spec.data.root!r}: probe images on object storage are not read yet; copy them to "
+            "a folder every node can read and set data.root to it"
+        )
+    return problems
+
+
+def run_preflight(spec: AuditSpec, out: str | os.PathLike[str] | None = None) -> SpecInputs:
     """Check everything ``spec`` names, on this process, without Ray and without reading pixels;
-    raises one ``SpecError`` listing every problem found. Returns what it loaded."""
+    raises one ``SpecError`` listing every problem found. Returns what it loaded. ``out`` is the run
+    directory when it is not the spec's ``output`` (``neurodis audit --out``)."""
     t0 = time.time()
-    problems: list[str] = []
+    problems = storage_problems(spec, out)
+    if problems:  # an unreachable store is reported alone: the rest would only add noise
+        raise SpecError(problems)
     records = gather(problems, lambda: list_probe_set(spec.data))
     if records is not None:
         listed = records

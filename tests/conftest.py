@@ -119,3 +119,85 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.curdir)])
     yield name
     sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-API server on 127.0.0.1 (moto's standalone server, in its own process) for the session,
+    with authentication on: one IAM user whose access key may do anything in S3. Yields
+    ``{"endpoint", "key", "secret"}``."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the first 3 requests (creating the user, its key and its policy) run before authentication starts
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        iam = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        )
+        iam.create_user(UserName="neurodis")
+        key = iam.create_access_key(UserName="neurodis")["AccessKey"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="neurodis", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        yield {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def s3_bucket(s3_server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the session's S3 server, with this process's environment holding the standard
+    AWS variables for it (credentials and endpoint). Returns ``s3://BUCKET``."""
+    import uuid
+
+    import boto3
+
+    env = s3_env(s3_server)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"nd-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    return f"s3://{bucket}"
+
+
+def s3_env(server: dict[str, str]) -> dict[str, str]:
+    """The standard AWS environment for the test server (what a cluster's nodes would hold)."""
+    return {
+        "AWS_ACCESS_KEY_ID": server["key"],
+        "AWS_SECRET_ACCESS_KEY": server["secret"],
+        "AWS_ENDPOINT_URL": server["endpoint"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }

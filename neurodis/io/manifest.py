@@ -1,12 +1,16 @@
 """Shard manifests: the only commit marker. A unit of work is done iff its manifest exists and its
-config hash matches; the table files it names were renamed into place before it was written."""
+config hash matches. The protocol needs no rename, so it holds on object stores too: every attempt at a
+unit writes its files under names of its own (a random token), each file whole, and then the manifest,
+last, naming exactly those files. Readers list manifests and read only the files they name; files no
+manifest names (an attempt that died, or lost a race) are never read and are deleted when an audit
+starts. Two attempts at one unit that both finish each write a complete set of files and a manifest
+naming only their own set: the manifest written last wins, and since units are deterministic its files
+hold the same rows as the loser's (last-manifest-wins; no conditional put is needed)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,8 +21,9 @@ from typing import Any
 import pyarrow as pa
 
 from neurodis import faults
-from neurodis.io.atomic import write_json_atomic, write_parquet_atomic
+from neurodis.io.atomic import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from neurodis.io.layout import RunLayout
+from neurodis.io.store import StorePath
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,7 @@ class StaleRunError(RuntimeError):
     """The run directory holds outputs computed from a different config. ``changes`` (one
     ``key: old -> new`` each, from the run's stored spec.yaml) say what changed; None when unknown."""
 
-    def __init__(self, root: Path, stage: str, changes: Sequence[str] | None = None) -> None:
+    def __init__(self, root: Path | StorePath, stage: str, changes: Sequence[str] | None = None) -> None:
         self.root, self.stage = root, stage
         self.changes = None if changes is None else list(changes)
         if changes is None:
@@ -55,7 +60,7 @@ class Manifest:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> Manifest:
+    def load(cls, path: StorePath) -> Manifest:
         d = json.loads(path.read_text())
         return cls(d["stage"], d["unit"], d["config_hash"], dict(d["files"]), dict(d.get("meta", {})))
 
@@ -69,18 +74,23 @@ def commit_unit(
     meta: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, Path] | None = None,
 ) -> Manifest:
-    """Write each table atomically, then the manifest (last: the commit marker). ``extra_files``
-    (name -> path inside the run) are non-table files the caller already renamed into place; the
-    manifest names them so they are committed and dropped together with the unit."""
-    files: dict[str, str] = {
-        name: str(Path(f).resolve().relative_to(layout.root.resolve()))
-        for name, f in (extra_files or {}).items()
-    }
+    """Write each table under this attempt's own name, then the manifest (last: the commit marker).
+    ``extra_files`` (name -> a finished local file, e.g. a faiss index) are copied into the run under
+    this attempt's name next to the tables (``_files/<stage>/``); the manifest names them, so they are
+    committed and dropped together with the unit, and the local file is removed."""
+    token = uuid.uuid4().hex[:12]
+    files: dict[str, str] = {}
+    for name, src in (extra_files or {}).items():
+        final = layout.extra_file(stage, unit, name, token, Path(src).suffix)
+        write_bytes_atomic(Path(src).read_bytes(), final, layout.tmp_dir)
+        Path(src).unlink(missing_ok=True)
+        files[name] = final.relative_to(layout.root)
     for name, table in tables.items():
-        final = layout.table_file(name, stage, unit)
+        final = layout.table_file(name, stage, unit, token)
         write_parquet_atomic(table, final, layout.tmp_dir)
-        files[name] = str(final.relative_to(layout.root))
+        files[name] = final.relative_to(layout.root)
     manifest = Manifest(stage, unit, config_hash, files, dict(meta or {}))
+    faults.before_manifest(stage, unit)
     write_json_atomic(
         {
             "stage": stage,
@@ -119,9 +129,7 @@ def committed(layout: RunLayout, stage: str, config_hash: str | None = None) -> 
     """The committed units of a stage (unit -> manifest); with ``config_hash``, only matching ones."""
     d = layout.stage_manifest_dir(stage)
     out: dict[str, Manifest] = {}
-    if not d.is_dir():
-        return out
-    for p in sorted(d.glob("*.json")):
+    for p in sorted(d.glob("*.json")) if layout.remote or d.is_dir() else []:
         try:
             m = Manifest.load(p)
         except (OSError, ValueError, KeyError):
@@ -131,27 +139,33 @@ def committed(layout: RunLayout, stage: str, config_hash: str | None = None) -> 
     return out
 
 
-def all_committed_files(layout: RunLayout) -> set[Path]:
-    files: set[Path] = set()
-    if layout.manifests_dir.is_dir():
-        for stage_dir in layout.manifests_dir.iterdir():
-            for m in committed(layout, stage_dir.name).values():
-                files.update(layout.root / f for f in m.files.values())
+def _committed_stages(layout: RunLayout) -> list[str]:
+    d = layout.manifests_dir
+    return sorted(p.name for p in d.iterdir()) if layout.remote or d.is_dir() else []
+
+
+def all_committed_files(layout: RunLayout) -> set[StorePath]:
+    files: set[StorePath] = set()
+    for stage in _committed_stages(layout):
+        for m in committed(layout, stage).values():
+            files.update(layout.root / f for f in m.files.values())
     return files
 
 
-def remove_uncommitted(layout: RunLayout, tables: Iterable[str]) -> list[Path]:
-    """Delete table files no manifest names (left by a crash) and the temp folder."""
+def remove_uncommitted(layout: RunLayout, tables: Iterable[str]) -> list[StorePath]:
+    """Delete files that no manifest names (left by an attempt that died or lost a race to commit)
+    from the table folders and ``_files/``, and the temp folder. Readers never read them anyway."""
     keep = all_committed_files(layout)
     removed = []
-    for t in tables:
-        d = layout.table_dir(t)
-        if d.is_dir():
-            for p in d.glob("*.parquet"):
-                if p not in keep:
-                    p.unlink()
-                    removed.append(p)
-    shutil.rmtree(layout.tmp_dir, ignore_errors=True)
+    folders = [layout.table_dir(t) for t in tables]
+    if layout.remote or layout.files_dir.is_dir():
+        folders += [d for d in layout.files_dir.iterdir()]
+    for d in folders:
+        for p in d.glob("*") if layout.remote or d.is_dir() else []:
+            if p not in keep and (layout.remote or p.is_file()):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    layout.tmp_dir.rmtree()
     return removed
 
 
@@ -160,28 +174,21 @@ def drop_stage(layout: RunLayout, stage: str) -> None:
     for m in committed(layout, stage).values():
         for f in m.files.values():
             (layout.root / f).unlink(missing_ok=True)
-    shutil.rmtree(layout.stage_manifest_dir(stage), ignore_errors=True)
-
-
-def _link(src: Path, dst: Path) -> None:
-    """Hard-link (committed files are immutable) or copy; atomically appear at ``dst``."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+    layout.stage_manifest_dir(stage).rmtree()
 
 
 def copy_unit(
-    src_root: Path, dst_root: Path, manifest_src: Path, manifest_dst: Path, files: Iterable[str]
+    src_root: StorePath,
+    dst_root: StorePath,
+    manifest_src: StorePath,
+    manifest_dst: StorePath,
+    files: Iterable[str],
 ) -> None:
     """Link (or copy) a committed unit's files from ``src_root`` to ``dst_root`` (same relative paths),
     then its manifest, last: the unit appears committed only once every file is there."""
     for rel in files:
-        _link(src_root / rel, dst_root / rel)
-    _link(manifest_src, manifest_dst)  # last: the commit marker
+        (src_root / rel).copy_to(dst_root / rel)
+    manifest_src.copy_to(manifest_dst)  # last: the commit marker
 
 
 def adopt_cached(layout: RunLayout, stage: str, config_hash: str) -> int:
@@ -207,11 +214,11 @@ def adopt_cached(layout: RunLayout, stage: str, config_hash: str) -> int:
 
 def publish_to_cache(layout: RunLayout) -> int:
     """Share every committed unit of this run with later runs (no-op without a cache)."""
-    if layout.cache is None or not layout.manifests_dir.is_dir():
+    if layout.cache is None:
         return 0
     n = 0
-    for stage_dir in sorted(layout.manifests_dir.iterdir()):
-        for unit, m in committed(layout, stage_dir.name).items():
+    for stage in _committed_stages(layout):
+        for unit, m in committed(layout, stage).items():
             dst = RunLayout(layout.cached_unit_root(m.stage, m.config_hash))
             if dst.manifest_path(m.stage, unit).is_file():
                 continue

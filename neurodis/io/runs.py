@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neurodis.config import AuditSpec, load_spec
+import yaml
+
+from neurodis.config import AuditSpec, load_spec, spec_from_dict
 from neurodis.io.layout import RunLayout
 from neurodis.io.tables import read_table
 from neurodis.sections import did_you_mean
@@ -16,12 +18,26 @@ from neurodis.types import NeuronRef, SpecError
 def open_run(run_dir: str | Path) -> tuple[RunLayout, AuditSpec]:
     """The run's layout and stored spec; ``FileNotFoundError`` when ``run_dir`` is not a run directory."""
     layout = run_layout(run_dir)
-    return layout, load_spec(layout.spec_path)
+    return layout, run_spec(layout)
+
+
+def run_spec(layout: RunLayout) -> AuditSpec:
+    """The run's stored spec (its ``spec.yaml``, local or on an object store)."""
+    p = layout.spec_path
+    if not p.remote:
+        return load_spec(p.local)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {str(p)!r} must hold a mapping with model, data, layers, stages, ...")
+    return spec_from_dict(raw)
 
 
 def run_layout(run_dir: str | Path) -> RunLayout:
     """The layout of an existing run directory; ``FileNotFoundError`` naming the fix otherwise."""
-    layout = RunLayout(Path(run_dir))
+    layout = RunLayout(run_dir)
     if not layout.spec_path.is_file():
         what = "does not exist" if not layout.root.exists() else "has no spec.yaml"
         raise FileNotFoundError(

@@ -1,4 +1,6 @@
-"""faiss inner-product indexes over unit vectors (cosine = inner product), written atomically.
+"""faiss inner-product indexes over unit vectors (cosine = inner product). A unit writes its index to a
+local file that ``commit_unit`` copies into the run under the attempt's name; readers load it from the
+run (local or object store) into memory.
 
 An index file holds the vectors and their int64 ids (``IndexIDMap2`` over ``IndexFlatIP``: exact search).
 """
@@ -6,10 +8,12 @@ An index file holds the vectors and their int64 ids (``IndexIDMap2`` over ``Inde
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from neurodis.io.store import StorePath
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray):  # type: ignore[no-untyped-def]
@@ -24,30 +28,32 @@ def build_index(vectors: np.ndarray, ids: np.ndarray):  # type: ignore[no-untype
     return index
 
 
-def write_index(vectors: np.ndarray, ids: np.ndarray, final: Path, tmp_dir: Path) -> Path:
-    """Build an exact inner-product index and rename it into place; returns ``final``."""
+def write_index(vectors: np.ndarray, ids: np.ndarray, final: Path) -> Path:
+    """Build an exact inner-product index and write it to the local file ``final``; returns it."""
     import faiss
 
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        faiss.write_index(build_index(vectors, ids), str(tmp))
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    faiss.write_index(build_index(vectors, ids), os.fspath(final))
     return final
+
+
+def read_faiss(path: Path | StorePath) -> Any:
+    """Load a faiss index from a run (a local file, or an object read into memory)."""
+    import faiss
+
+    p = StorePath.of(path)
+    if not p.remote:
+        return faiss.read_index(os.fspath(p))
+    return faiss.deserialize_index(np.frombuffer(p.read_bytes(), dtype=np.uint8))
 
 
 class VectorIndex:
     """A loaded index: ``search(queries, k)`` -> (scores ``[q, k]``, ids ``[q, k]``; id -1 = no hit)."""
 
-    def __init__(self, path: Path) -> None:
-        import faiss
-
-        if not Path(path).is_file():
+    def __init__(self, path: Path | StorePath) -> None:
+        if not StorePath.of(path).is_file():
             raise FileNotFoundError(f"no vector index at {path}; run the embed stage first")
-        self.index = faiss.read_index(str(path))
+        self.index = read_faiss(path)
 
     @property
     def size(self) -> int:

@@ -34,6 +34,7 @@ from neurodis.io.manifest import (
     remove_uncommitted,
 )
 from neurodis.io.runs import run_layout
+from neurodis.io.store import StorePath
 from neurodis.orchestration.runners import LocalRunner, Runner
 from neurodis.pipeline.method import Method
 from neurodis.pipeline.step import Resources, StageFailed, Step
@@ -136,7 +137,11 @@ def _call(fn: Any, item: Any) -> dict[str, Any]:
 
 
 def _record_plan(layout: RunLayout, method: Method, step: Step) -> None:
-    rel = os.path.relpath(step.layout.root, layout.root)
+    rel = (
+        step.layout.root.relative_to(layout.root)
+        if layout.remote
+        else os.path.relpath(step.layout.root, layout.root)
+    )
     write_json_atomic(
         {
             "method": method.name,
@@ -236,8 +241,8 @@ def run_audit(
     if preflight:
         from neurodis.preflight import run_preflight  # local: `neurodis status` imports this module
 
-        run_preflight(spec)
-    layout = RunLayout(Path(out or spec.output), Path(spec.cache_dir) if spec.cache_dir else None)
+        run_preflight(spec, out)
+    layout = RunLayout(out or spec.output, spec.cache_dir or None)
     layout.root.mkdir(parents=True, exist_ok=True)
     runner = runner or LocalRunner()
     removed = remove_uncommitted(layout, TABLES)
@@ -300,9 +305,9 @@ def _recorded_stages(layout: RunLayout) -> list[str]:
     return stages
 
 
-def _read_plans(folder: Path) -> list[dict[str, Any]]:
+def _read_plans(folder: StorePath) -> list[dict[str, Any]]:
     plans = []
-    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for p in sorted(folder.glob("*.json")) if folder.remote or folder.is_dir() else []:
         try:
             plan = json.loads(p.read_text())
         except (OSError, ValueError):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from neurodis.io.store import StorePath
 from neurodis.report import figures
 from neurodis.report.data import Run, open_report_run
 from neurodis.types import NeuronRef, SpecError
@@ -219,7 +220,7 @@ def _page_items(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Everything each page shows as plain values, and the problems met (one line each). Writes the
     thumbnails (one forward pass over the shown references)."""
-    from neurodis.config import load_spec
+    from neurodis.io.runs import run_spec
     from neurodis.report.images import Need, write_thumbnails
 
     images = run.get("images")
@@ -375,7 +376,7 @@ def _page_items(
         )
     problems = []
     if needs:
-        spec = load_spec(run.layout.spec_path)
+        spec = run_spec(run.layout)
         problems = write_thumbnails(spec, paths, needs)
     return items, problems
 
@@ -425,12 +426,12 @@ def _simulations(
     if not any(facts.expl.get(k) for k in keys):
         return {}, {}
     try:
-        from neurodis.config import load_spec
+        from neurodis.io.runs import run_spec
         from neurodis.methods.le.ablation import _columns
         from neurodis.methods.le.explanations import layer_data, load_source, simulate
         from neurodis.methods.le.plan import plan_explain
 
-        plan, _ = plan_explain(load_spec(run.layout.spec_path), run.layout)
+        plan, _ = plan_explain(run_spec(run.layout), run.layout)
     except Exception as e:  # noqa: BLE001 - the pages say why instead
         why = f"simulation not recomputed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return {}, {(r["explainer"], k[0]): why for k in keys for r in facts.expl.get(k, [])}
@@ -583,7 +584,7 @@ def _status_rows(facts: Facts) -> tuple[list[str], list[dict[str, Any]]]:
     return names, rows
 
 
-def _scorecard(card: dict[str, Any], path: Path) -> dict[str, Any]:
+def _scorecard(card: dict[str, Any], path: Path | StorePath) -> dict[str, Any]:
     """The scorecard's sections as (figure, value) pairs: scalars, one level of nested scalars, an
     interval beside its figure; sections that are absent or failed say so."""
     sections = []
@@ -853,7 +854,9 @@ def build_report(
     if map_method not in ("pca", "umap"):
         raise SpecError(f"map method {map_method!r}: choose pca or umap")
     run = open_report_run(run_dir)
-    out = Path(out) if out is not None else run.root / "report"
+    if out is None and run.root.remote:
+        raise SpecError(f"{run.root} is on object storage; pass --out DIR, a local folder for the report")
+    out = Path(out) if out is not None else run.root.local / "report"
     facts = Facts(run)
     keys = select_pages(facts, neurons, max_pages)
     _prepare_out(out)

@@ -13,6 +13,7 @@ import yaml
 
 from neurodis.io.layout import RunLayout
 from neurodis.io.runs import run_layout
+from neurodis.io.store import StorePath
 from neurodis.io.tables import read_table
 from neurodis.schemas import TABLES
 from neurodis.types import SpecError
@@ -56,11 +57,11 @@ class Run:
     spec: dict[str, Any]
     summary: dict[str, Any]
     scorecard: dict[str, Any] | None
-    scorecard_path: Path | None
+    scorecard_path: StorePath | None
     tables: dict[str, pa.Table | None] = field(default_factory=dict)
 
     @property
-    def root(self) -> Path:
+    def root(self) -> StorePath:
         return self.layout.root
 
     def get(self, name: str) -> pa.Table | None:
@@ -73,7 +74,7 @@ class Run:
         return [] if t is None else t.to_pylist()
 
 
-def find_scorecard(root: Path) -> Path | None:
+def find_scorecard(root: StorePath) -> StorePath | None:
     """The demo's ``scorecard.json``: in the run directory, or in its parent (the demo's OUT holds one
     run folder per network beside it)."""
     for p in (root / "scorecard.json", root.parent / "scorecard.json"):

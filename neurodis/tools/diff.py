@@ -16,6 +16,7 @@ import yaml
 
 from neurodis.io.atomic import write_parquet_atomic, write_text_atomic
 from neurodis.io.layout import RunLayout
+from neurodis.io.store import StorePath
 from neurodis.io.tables import read_table
 from neurodis.schemas import NEURON_DIFF
 from neurodis.types import SpecError
@@ -23,7 +24,7 @@ from neurodis.types import SpecError
 log = logging.getLogger(__name__)
 
 
-def _spec(run: Path) -> dict[str, Any]:
+def _spec(run: StorePath) -> dict[str, Any]:
     p = RunLayout(run).spec_path
     if not p.is_file():
         raise SpecError(
@@ -37,7 +38,7 @@ def _by_neuron(table: pa.Table, columns: list[str]) -> dict[tuple[str, int], dic
     return {(r["layer"], int(r["channel"])): r for r in rows}
 
 
-def _references(run: Path) -> dict[tuple[str, int], set[str]]:
+def _references(run: StorePath) -> dict[tuple[str, int], set[str]]:
     """Each neuron's top references as image paths (ids may differ between probe listings)."""
     images = read_table(run, "images")
     path = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist()))
@@ -50,7 +51,7 @@ def _references(run: Path) -> dict[tuple[str, int], set[str]]:
     return out
 
 
-def _optional(run: Path, table: str) -> pa.Table | None:
+def _optional(run: StorePath, table: str) -> pa.Table | None:
     try:
         t = read_table(run, table)
     except KeyError:
@@ -58,7 +59,7 @@ def _optional(run: Path, table: str) -> pa.Table | None:
     return t if t.num_rows else None
 
 
-def _pure_split(run: Path) -> dict[tuple[str, int], float]:
+def _pure_split(run: StorePath) -> dict[tuple[str, int], float]:
     """PURE split quality per neuron: inter − intra embedding distance of its smallest-k split."""
     t = _optional(run, "pure_summary")
     if t is None:
@@ -71,7 +72,7 @@ def _pure_split(run: Path) -> dict[tuple[str, int], float]:
     return out
 
 
-def _pure_status(run: Path) -> dict[tuple[str, int], str]:
+def _pure_status(run: StorePath) -> dict[tuple[str, int], str]:
     """PURE's clustering status per neuron at the run's smallest k (computed with or without an
     evaluation embedder)."""
     t = _optional(run, "pure_summary")
@@ -84,7 +85,7 @@ def _pure_status(run: Path) -> dict[tuple[str, int], str]:
     return out
 
 
-def _explanations(run: Path) -> dict[tuple[str, int], str]:
+def _explanations(run: StorePath) -> dict[tuple[str, int], str]:
     t = _optional(run, "explanations")
     if t is None:
         return {}
@@ -121,7 +122,7 @@ def psi_change(row: dict[str, Any]) -> tuple[bool | None, bool | None]:
 
 def diff_runs(run_a: str | Path, run_b: str | Path, out: str | Path) -> dict[str, Any]:
     """Compare two audits; writes ``out/neuron_diff.parquet`` and ``out/diff_summary.txt``."""
-    a, b, out = Path(run_a), Path(run_b), Path(out)
+    a, b, out = StorePath.of(run_a), StorePath.of(run_b), Path(out)
     sa, sb = _spec(a), _spec(b)
     if sa["model"]["arch"] != sb["model"]["arch"]:
         raise SpecError(
@@ -185,8 +186,8 @@ def diff_runs(run_a: str | Path, run_b: str | Path, out: str | Path) -> dict[str
 
 def _summarise(
     t: pa.Table,
-    a: Path,
-    b: Path,
+    a: StorePath,
+    b: StorePath,
     unmatched: set[tuple[str, int]],
     pure_status: tuple[dict[tuple[str, int], str], dict[tuple[str, int], str]],
     no_embedder: list[str],

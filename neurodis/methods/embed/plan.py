@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from neurodis.config import AuditSpec
@@ -71,7 +70,7 @@ class EmbedPlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
     def geometry(self, layer: str) -> LayerGeometry:
         return next(g for g in self.layers if g.layer == layer)

@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from neurodis.io.layout import RunLayout, safe_name
+from neurodis.io.layout import RunLayout
+from neurodis.io.manifest import committed
+from neurodis.io.store import StorePath
 from neurodis.io.tables import read_table
 
 STAGE = "embed"
@@ -17,13 +19,13 @@ IMAGES_STAGE = "embed-images"  # whole-image shards: their own namespace and has
 TEXTS_UNIT, CALIBRATION_UNIT, INDEX_UNIT, GEOMETRY_UNIT = "texts", "calibration", "index", "geometry"
 
 
-def index_paths(layout: RunLayout, embedder: str) -> dict[str, Path]:
-    d = layout.root / "_index" / safe_name(embedder)
-    return {
-        "concepts": d / "concepts.faiss",
-        "concept_names": d / "concepts.json",
-        "images": d / "images.faiss",
-    }
+def index_paths(layout: RunLayout) -> dict[str, StorePath]:
+    """The committed index unit's files (``concepts_index``, ``concept_names``, ``images_index``), as
+    its manifest names them; ``FileNotFoundError`` when the unit is not committed."""
+    m = committed(layout, STAGE).get(INDEX_UNIT)
+    if m is None:
+        raise FileNotFoundError(f"no committed vector indexes in {layout.root}; run the embed stage first")
+    return {name: layout.root / rel for name, rel in m.files.items()}
 
 
 def stack_vectors(col: pa.ChunkedArray, dim_hint: int = 0) -> np.ndarray:
@@ -74,9 +76,11 @@ def nearest_concepts(
     """For each query vector, the ``k`` nearest concepts of the run's concept set by cosine."""
     from neurodis.io.vector_index import VectorIndex
 
-    paths = index_paths(RunLayout(Path(run_dir)), embedder)
+    paths = index_paths(RunLayout(run_dir))
+    if "concepts_index" not in paths:
+        raise FileNotFoundError(f"no concept index in {run_dir}; run the embed stage with 'texts' in targets")
     names = json.loads(paths["concept_names"].read_text())
-    scores, ids = VectorIndex(paths["concepts"]).search(vectors, k)
+    scores, ids = VectorIndex(paths["concepts_index"]).search(vectors, k)
     return [
         [(names[i], float(s)) for s, i in zip(row_s, row_i) if i >= 0] for row_s, row_i in zip(scores, ids)
     ]
@@ -88,4 +92,7 @@ def nearest_images(
     """(cosines ``[q, k]``, image ids ``[q, k]``) of the probe images nearest each query vector."""
     from neurodis.io.vector_index import VectorIndex
 
-    return VectorIndex(index_paths(RunLayout(Path(run_dir)), embedder)["images"]).search(vectors, k)
+    paths = index_paths(RunLayout(run_dir))
+    if "images_index" not in paths:
+        raise FileNotFoundError(f"no image index in {run_dir}; run the embed stage with 'images' in targets")
+    return VectorIndex(paths["images_index"]).search(vectors, k)

@@ -40,7 +40,6 @@ from neurodis.methods.embed.store import (
     INDEX_UNIT,
     STAGE,
     concept_vectors,
-    index_paths,
     load_image_vectors,
 )
 from neurodis.methods.embed.tables import (
@@ -408,19 +407,19 @@ def index_unit(plan: EmbedPlan) -> dict[str, Any]:
 
 
 def _write_indexes(plan: EmbedPlan) -> UnitOutput:
-    from neurodis.io.atomic import write_json_atomic
+    import json
+    import tempfile
+
     from neurodis.io.vector_index import write_index
 
-    paths = index_paths(plan.layout, plan.embedder)
+    local = Path(tempfile.mkdtemp(prefix="neurodis-index-"))  # commit_unit copies them into the run
     files: dict[str, Path] = {}
     if "texts" in plan.spec.embed.targets:
         names, vecs = concept_vectors(plan.layout, plan.embedder, plan.concept_set)
-        files["concepts_index"] = write_index(
-            vecs, np.arange(len(names)), paths["concepts"], plan.layout.tmp_dir
-        )
-        write_json_atomic(list(names), paths["concept_names"], plan.layout.tmp_dir)
-        files["concept_names"] = paths["concept_names"]
+        files["concepts_index"] = write_index(vecs, np.arange(len(names)), local / "concepts.faiss")
+        files["concept_names"] = local / "concepts.json"
+        files["concept_names"].write_text(json.dumps(list(names), indent=1))
     if "images" in plan.spec.embed.targets:
         ids, vecs = load_image_vectors(plan.layout, plan.embedder)
-        files["images_index"] = write_index(vecs, ids, paths["images"], plan.layout.tmp_dir)
+        files["images_index"] = write_index(vecs, ids, local / "images.faiss")
     return UnitOutput(meta={"files": sorted(files)}, extra_files=files)

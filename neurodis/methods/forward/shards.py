@@ -15,7 +15,6 @@ import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,7 +28,7 @@ from neurodis.data.probe import BadImageError, ProbeRecord, decode, fingerprint,
 from neurodis.data.transforms import preprocess
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
-from neurodis.io.tables import read_table
+from neurodis.io.tables import dataset, read_table
 from neurodis.kernels.summaries import Summary, summarize
 from neurodis.kernels.topk import TopK, empty_top_k, merge_top_k, top_k
 from neurodis.methods.forward.tables import (
@@ -82,7 +81,7 @@ class ForwardPlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
 
 @dataclass(frozen=True)
@@ -371,9 +370,9 @@ def _partials_of(layout: RunLayout, config_hash: str, layer: str) -> Iterator[tu
     for unit, m in sorted(committed(layout, STAGE, config_hash).items()):
         if not unit.startswith("shard-") or "_topk_partials" not in m.files:
             continue
-        t = ds.dataset(
-            str(layout.root / m.files["_topk_partials"]), format="parquet", schema=TOPK_PARTIALS.schema
-        ).to_table(filter=ds.field("layer") == layer)
+        t = dataset([layout.root / m.files["_topk_partials"]], TOPK_PARTIALS.schema).to_table(
+            filter=ds.field("layer") == layer
+        )
         if t.num_rows == 0:
             continue
         t = t.sort_by([("rank", "ascending"), ("channel", "ascending")])

@@ -69,7 +69,7 @@ class ExplainPlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
     def layer(self, path: str) -> LayerPlan:
         return next(lp for lp in self.layers if lp.path == path)

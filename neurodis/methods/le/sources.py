@@ -255,7 +255,7 @@ def load_embedder_source(
     aux_dir: str, embedder: str, device: str = "cpu", concepts: Sequence[str] | None = None
 ) -> EmbedderSource:
     """The source of an auxiliary run; ``concepts`` restricts it to those concept names."""
-    aux = RunLayout(Path(aux_dir))
+    aux = RunLayout(aux_dir)
     names, texts = concept_vectors(aux, embedder, LE_SET)
     if concepts is not None:
         keep = [i for i, c in enumerate(names) if c in set(concepts)]
@@ -406,7 +406,7 @@ def fit_calibration(
     against every label concept the probe set knows (classes, superclasses and annotations -- all the
     known labels, where the embed stage fits on classes and superclasses only). Committed to the
     auxiliary run as ``embed_calibration``."""
-    aux = RunLayout(Path(eplan.aux_dir))
+    aux = RunLayout(eplan.aux_dir)
 
     def compute() -> UnitOutput:
         row = _calibration_row(eplan, aux, per_image, max_images, seed)

@@ -11,7 +11,6 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +66,7 @@ def embedder_steps(
         extra_hashes=images,
     )
     if eplan.share_from:  # the run's own embed stage already embedded these images with this embedder
-        share_image_units(RunLayout(Path(eplan.share_from)), aux, IMAGES_STAGE, plan.images_hash)
+        share_image_units(RunLayout(eplan.share_from), aux, IMAGES_STAGE, plan.images_hash)
     units = [
         Unit(t.unit, t, IMAGES_STAGE, plan.images_hash) if isinstance(t, ImageShardTask) else Unit(t.unit, t)
         for t in tasks(plan, records)

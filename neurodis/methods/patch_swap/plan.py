@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,7 @@ class SwapPlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
     def geometry(self, layer: str) -> LayerGeometry:
         """The layer's geometry with the swaps' patch side (``patch_swap.crop_size`` or PSI's)."""

@@ -14,7 +14,6 @@ import logging
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,7 +69,7 @@ class PsiPlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
     @property
     def params(self) -> PsiParams:

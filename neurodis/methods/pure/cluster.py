@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import uuid
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from neurodis.io.layout import RunLayout, safe_name
+from neurodis.io.layout import safe_name
 from neurodis.io.manifest import committed
 from neurodis.io.tables import read_table
 from neurodis.kernels.clustering import MethodResult, choose_k, evaluate_neuron, mean_and_se
@@ -33,7 +32,6 @@ from neurodis.methods.pure.plan import (
     ATTR_STEP,
     CLUSTER_STEP,
     ID_STRIDE,
-    INDEX_DIR,
     INDEX_STEP,
     Block,
     PurePlan,
@@ -267,8 +265,8 @@ def cluster_unit(plan: PurePlan, block: Block) -> dict[str, Any]:
 # The faiss index of virtual neurons.
 
 
-def index_path(root: Path, layer: str, k: int) -> Path:
-    return root / INDEX_DIR / f"{safe_name(layer)}.k{k}.faiss"
+def index_path(layer: str, k: int) -> str:
+    return f"{safe_name(layer)}.k{k}.faiss"
 
 
 def index_unit(plan: PurePlan, key: tuple[str, int]) -> dict[str, Any]:
@@ -297,8 +295,8 @@ def build_index(plan: PurePlan, layer: str, k: int) -> UnitOutput:
             np.int64
         )
         index.add_with_ids(vecs, ids)
-    final = index_path(layout.root, layer, k)
-    _write_index(layout, index, final)
+    final = Path(tempfile.mkdtemp(prefix="neurodis-index-")) / index_path(layer, k)
+    faiss.write_index(index, str(final))  # commit_unit copies it into the run under the attempt's name
     meta = {
         "layer": layer,
         "k": k,
@@ -310,22 +308,6 @@ def build_index(plan: PurePlan, layer: str, k: int) -> UnitOutput:
         "id": f"channel * {ID_STRIDE} + cluster",
     }
     return UnitOutput(meta=meta, result={"count": int(index.ntotal)}, extra_files={"faiss_index": final})
-
-
-def _write_index(layout: RunLayout, index: Any, final: Path) -> None:
-    """Write ``index`` to a temp file, fsync it and rename it to ``final``."""
-    import faiss
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    layout.tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = layout.tmp_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------

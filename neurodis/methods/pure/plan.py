@@ -13,7 +13,6 @@ forward stage's hash, so a changed forward invalidates PURE, and a changed ``k``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from neurodis.config import AuditSpec
 from neurodis.io.layout import RunLayout
@@ -32,7 +31,6 @@ ATTR_STEP = "pure"
 CLUSTER_STEP = "pure-cluster"
 INDEX_STEP = "pure-index"
 STEPS = (ATTR_STEP, CLUSTER_STEP, INDEX_STEP)
-INDEX_DIR = "pure_index"
 ID_STRIDE = 1 << 16  # faiss id = channel * ID_STRIDE + cluster
 
 
@@ -97,7 +95,7 @@ class PurePlan:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.run_dir))
+        return RunLayout(self.run_dir)
 
     def layer(self, path: str) -> PureLayer:
         for lp in self.layers:

@@ -21,6 +21,7 @@ from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
 from neurodis.io.runs import open_run, resolve_neuron
 from neurodis.io.tables import read_table
+from neurodis.io.vector_index import read_faiss
 from neurodis.kernels.attribution import l1_normalise
 from neurodis.kernels.crops import Box, apply_box, crop_boxes, mask_outside
 from neurodis.methods.pure.common import (
@@ -63,7 +64,7 @@ def _index(layout: RunLayout, spec: AuditSpec, ref: NeuronRef, k: int) -> tuple[
             f"run {layout.root} has no PURE index for layer {ref.layer!r} with k={k}; run the pure stage "
             f"on that layer (pure.k = {list(spec.pure.k)})"
         )
-    index = faiss.read_index(str(layout.root / m.files["faiss_index"]))
+    index = read_faiss(layout.root / m.files["faiss_index"])
     ids = faiss.vector_to_array(index.id_map) if index.ntotal else np.zeros(0, np.int64)  # type: ignore[attr-defined]
     n = int(((ids >= ref.channel * ID_STRIDE) & (ids < (ref.channel + 1) * ID_STRIDE)).sum())
     if n == 0:
