@@ -73,7 +73,11 @@ def _specs(work: Path, targets: int) -> dict[str, dict[str, Any]]:
             "layers": ["layer2"],
             "stages": ["forward", "embed", "psi", "patch_swap"],
             "forward": {"top_k": 20},
-            "embed": {"embedder": "neurodis.models.tiny:ToyEmbedder", "templates": ["{}"], "calibration": "off"},
+            "embed": {
+                "embedder": "neurodis.models.tiny:ToyEmbedder",
+                "templates": ["{}"],
+                "calibration": "off",
+            },
             "psi": {"top_k": 20, "n_null": 5, "n_boot": 0},
             "patch_swap": swap,
             "output": str(work / "run-resnet18"),

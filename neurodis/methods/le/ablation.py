@@ -6,9 +6,12 @@ Two paths compute the logits of a model whose neuron ``k`` is replaced by a cons
 - **fast** (a layer followed by global average pooling and a linear head, detected numerically at plan
   time): rank-1 updates of the logits computed from the stored mean activations; no forward pass, CPU
   tasks (``abl.<explainer>.<layer>``, ``ti.<layer>``);
-- **model** (any other layer): forward passes with a hook that replaces channel ``k`` of the layer's
-  output, many neurons per pass by repeating each image once per neuron; GPU actors that load the model
-  once (``AblationWorker``; units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
+- **model** (any other layer): the logits of many neurons' ablations in one batch (the images repeated
+  once per neuron, channel ``k`` of block ``k`` replaced); only the network after the layer runs per
+  neuron where the model's ``torch.fx`` graph splits at the layer (skip connections around it included),
+  else the layer's output is replayed through a hook, else whole forward passes (``ModelPatcher``, the
+  choice checked against plain forward passes); GPU actors that load the model once (``AblationWorker``;
+  units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
 
 Both paths feed the same scoring code, and agree where both apply (tested).
 """
@@ -57,6 +60,7 @@ from neurodis.methods.le.sources import load_embedder_source
 from neurodis.methods.le.tables import ABLATION_SCORES, TOP_IMPACT
 from neurodis.models.loading import load_model
 from neurodis.models.subnet import capture
+from neurodis.models.tail import Split, split_at
 from neurodis.pipeline.step import UnitOutput, run_unit
 
 log = logging.getLogger(__name__)
@@ -150,12 +154,22 @@ def output_replaced(module: nn.Module, tensor: torch.Tensor) -> Iterator[None]:
 
 
 class ModelPatcher:
-    """Forward passes from the layer on, with the layer patched; ``images(rows)`` gives the preprocessed
-    inputs. The layer's output for a tile of images is computed once (no grad, cached within a memory
-    budget) and repeated once per neuron; the modules above run on that batch while the modules below run
-    on a single stand-in image, whose output at the layer is replaced. That truncation is checked once
-    against a plain forward pass of repeated images (a model whose upper part reads anything computed below
-    the layer other than its output fails the check) and otherwise not used."""
+    """Logits of ``model`` with channels of ``layer`` patched; ``images(rows)`` gives the preprocessed
+    inputs. Many neurons run as one batch: the layer's output for a tile of images is repeated once per
+    neuron (at most ``batch_size`` rows per pass; more neurons run in several passes) and channel ``k`` of
+    block ``k`` is replaced. Three ways to run that batch, the first that passes a check against plain
+    forward passes of repeated images (once per patcher, on two images and two neurons) is used
+    (``mode``):
+
+    - ``graph``: the model's ``torch.fx`` graph cut at the layer (``neurodis.models.tail``): the part
+      below runs once per tile of images and is cached (within ``cache_bytes``) together with every value
+      the part above reads from below (a skip connection around the layer, functional ops); only the
+      part above runs per neuron;
+    - ``hooked`` (models ``torch.fx`` cannot trace): the layer's output cached the same way and fed
+      through a hook to the modules above while the modules below see a single stand-in image; right
+      only when the part above reads nothing from below the layer but its output;
+    - ``full``: forward passes of the repeated images from the input, the layer patched by a hook.
+    """
 
     def __init__(
         self,
@@ -170,24 +184,35 @@ class ModelPatcher:
     ) -> None:
         self.model, self.layer, self.module = model, layer, dict(model.named_modules())[layer]
         self.images, self.device = images, device
+        self.batch_size = max(1, batch_size)
         self.tile = max(1, batch_size // max(1, n_channels))
-        self.cache: dict[bytes, torch.Tensor] = {}
-        self.cache_bytes = cache_bytes
-        self.truncated: bool | None = None if n_rows >= 2 else False  # the check needs two different images
+        self.cache: dict[bytes, tuple[torch.Tensor, tuple[Any, ...]]] = {}
+        self.cache_bytes, self.cached_bytes = cache_bytes, 0
+        self.split: Split | None = None
+        self.mode: str | None = None if n_rows >= 2 else "full"  # the check needs two different images
 
     def base_logits(self, rows: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
             return self.model(self.images(rows).to(self.device)).double().cpu()
 
-    def _lower(self, rows: np.ndarray) -> torch.Tensor:
+    def _lower(self, rows: np.ndarray) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        """The layer's output on ``rows`` and (graph mode) the values the tail reads from below it."""
         key = rows.tobytes()
-        a = self.cache.get(key)
-        if a is None:
-            a = capture(self.model, self.images(rows).to(self.device), self.layer)
-            used = sum(t.numel() * t.element_size() for t in self.cache.values())
-            if used + a.numel() * a.element_size() <= self.cache_bytes:
-                self.cache[key] = a
-        return a
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        x = self.images(rows).to(self.device)
+        with torch.no_grad():
+            if self.mode == "graph" and self.split is not None:
+                a, frontier = self.split.lower(x)
+                frontier = tuple(f.detach() if isinstance(f, torch.Tensor) else f for f in frontier)
+            else:
+                a, frontier = capture(self.model, x, self.layer), ()
+        size = sum(t.numel() * t.element_size() for t in (a, *frontier) if isinstance(t, torch.Tensor))
+        if self.cached_bytes + size <= self.cache_bytes:
+            self.cache[key] = (a, frontier)
+            self.cached_bytes += size
+        return a, frontier
 
     def _full(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
         x = self.images(rows).to(self.device)
@@ -196,41 +221,68 @@ class ModelPatcher:
             return self.model(x.repeat(len(channels), *([1] * (x.dim() - 1))))
 
     def _upper(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
-        a = self._lower(rows)
+        a, frontier = self._lower(rows)
         patched = patch_channels(
             a.repeat(len(channels), *([1] * (a.dim() - 1))), torch.as_tensor(channels), values.to(self.device)
         )
+        if self.mode == "graph" and self.split is not None:
+            out: torch.Tensor = self.split.upper(patched, Split.repeat(frontier, len(rows), len(channels)))
+            return out
         with output_replaced(self.module, patched):
-            out: torch.Tensor = self.model(self.images(rows[:1]).to(self.device))
+            out = self.model(self.images(rows[:1]).to(self.device))
         return out
 
-    def _check(self, channels: np.ndarray) -> bool:
+    def _agrees(self, mode: str, full: torch.Tensor, r: np.ndarray, ch: np.ndarray, v: torch.Tensor) -> bool:
+        self.mode, self.cache, self.cached_bytes = mode, {}, 0
+        try:
+            with torch.no_grad():
+                got = self._upper(r, ch, v)
+        except Exception as e:  # noqa: BLE001 - any failure means: this mode does not apply
+            log.info("explain: layer %s: %s mode failed its check: %s", self.layer, mode, e)
+            return False
+        finally:
+            self.cache, self.cached_bytes = {}, 0
+        return (
+            isinstance(got, torch.Tensor)
+            and got.shape == full.shape
+            and torch.allclose(got, full, rtol=1e-4, atol=1e-5 * (1.0 + float(full.abs().max())))
+        )
+
+    def _check(self, channels: np.ndarray) -> str:
         g = torch.Generator().manual_seed(0)
         r, ch = np.arange(2), channels[:2]
         v = torch.randn(len(r), len(ch), generator=g, dtype=torch.float64)
         with torch.no_grad():
             full = self._full(r, ch, v)
-            try:
-                upper = self._upper(r, ch, v)
-            except Exception:  # noqa: BLE001 - any failure means: not truncatable
-                return False
-        ok = upper.shape == full.shape and torch.allclose(
-            upper, full, rtol=1e-4, atol=1e-5 * (1.0 + float(full.abs().max()))
-        )
+        self.split = split_at(self.model, self.layer)
+        mode = "full"
+        if self.split is not None and self._agrees("graph", full, r, ch, v):
+            mode = "graph"
+        elif self._agrees("hooked", full, r, ch, v):
+            mode = "hooked"
+        if mode != "graph":
+            self.split = None
         log.info(
             "explain: layer %s: forward passes %s",
             self.layer,
-            "from the layer on"
-            if ok
-            else "from the input (the upper part reads more than the layer's output)",
+            {
+                "graph": "of the graph after the layer",
+                "hooked": "from the layer on",
+                "full": "from the input (neither the graph split nor the hook replay matches the model)",
+            }[mode],
         )
-        return ok
+        return mode
 
     def logits(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
-        if self.truncated is None:
-            self.truncated = self._check(channels)
-        out = self._upper(rows, channels, values) if self.truncated else self._full(rows, channels, values)
-        return out.reshape(len(channels), len(rows), -1).transpose(0, 1).double().cpu()
+        if self.mode is None:
+            self.mode = self._check(channels)
+        run = self._full if self.mode == "full" else self._upper
+        step = max(1, self.batch_size // max(1, len(rows)))
+        parts = [
+            run(rows, channels[s], values[:, s]).reshape(s.stop - s.start, len(rows), -1)
+            for s in _tiles(len(channels), step)
+        ]
+        return torch.cat(parts).transpose(0, 1).double().cpu()
 
 
 # ---------------------------------------------------------------------------------------------------
