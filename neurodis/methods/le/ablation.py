@@ -68,6 +68,14 @@ log = logging.getLogger(__name__)
 FAST_BUDGET = 1 << 22  # logits elements per fast-path tile (rows x neurons x classes)
 
 
+def scored_channels(n_channels: int, sample: int | None) -> tuple[np.ndarray, int]:
+    """The channels of a layer whose ablation is scored and the sampling interval ``i``: every channel
+    (``i = 1``), or with ``explain.ablation_neurons: n`` below the layer's width, channels ``0, i, 2i, ...``
+    with ``i = ceil(channels / n)`` (at most ``n`` of them, spread over the layer)."""
+    interval = 1 if sample is None or sample >= n_channels else -(-n_channels // sample)
+    return np.arange(0, n_channels, interval, dtype=np.int64), interval
+
+
 def ablation_unit(explainer: str, layer: str, start: int | None = None) -> str:
     return f"abl.{explainer}.{layer}" + ("" if start is None else f".{start:05d}")
 
@@ -424,6 +432,7 @@ def ablation_table(
     results: dict[str, Scores | None],
     temperature: float,
     path: str,
+    interval: int = 1,
 ) -> pa.Table:
     rows: dict[str, list[Any]] = {n: [] for n in ABLATION_SCORES.schema.names}
 
@@ -454,6 +463,7 @@ def ablation_table(
                 "temperature": temperature,
                 "path": path,
                 "status": st,
+                "sample_interval": interval,
             }
             for n in rows:
                 rows[n].append(row[n])
@@ -467,6 +477,7 @@ def ti_table(
     ti: torch.Tensor,
     total: torch.Tensor,
     path: str,
+    interval: int = 1,
 ) -> pa.Table:
     rows = [
         {
@@ -476,6 +487,7 @@ def ti_table(
             "ti": float(ti[i, j]) if np.isfinite(float(ti[i, j])) else None,
             "total_impact": float(total[i]),
             "path": path,
+            "sample_interval": interval,
         }
         for i, ch in enumerate(channels)
         for j, b in enumerate(betas)
@@ -548,7 +560,8 @@ def ablation_block(
     source, simulator = _sources(plan, explainer)
     ex = explanations_of(plan.layout, explainer, layer).to_pylist()
     by_channel = {int(r["channel"]): r for r in ex}
-    channels = list(range(start, stop))
+    scored, interval = scored_channels(plan.layer(layer).channels, cfg.ablation_neurons)
+    channels = [int(c) for c in scored if start <= c < stop]
     status = [
         ("dead" if by_channel[c]["status"] == "dead" else "no_explanation")
         if c not in by_channel or by_channel[c]["status"] != "ok"
@@ -597,7 +610,7 @@ def ablation_block(
             for f, src in (("c", res.c), ("d", res.d), ("alpha", res.alpha), ("v", res.val_objective)):
                 full[f][torch.as_tensor(live)] = src.detach().double()
             results[m] = Scores(full["c"], full["d"], full["alpha"], full["v"])
-    return ablation_table(layer, explainer, simulator, channels, status, results, temperature, path)
+    return ablation_table(layer, explainer, simulator, channels, status, results, temperature, path, interval)
 
 
 def ti_block(
@@ -605,7 +618,8 @@ def ti_block(
 ) -> pa.Table:
     """Top Impact of channels ``start:stop`` over every labelled probe image."""
     inp = layer_inputs(plan, layer)
-    ch = np.arange(start, stop)
+    scored, interval = scored_channels(plan.layer(layer).channels, plan.spec.explain.ablation_neurons)
+    ch = scored[(scored >= start) & (scored < stop)]
     rows = np.arange(len(inp.ids))
     p = factory(inp.ids, inp.q, len(ch))
     labels = torch.from_numpy(inp.label)
@@ -613,7 +627,7 @@ def ti_block(
     temperature = temperature_of(plan.spec, p, val if len(val) else rows, labels[val] if len(val) else labels)
     acts = torch.from_numpy(inp.q[:, ch].astype(np.float64))
     ti, total = top_impact_of(p, rows, ch, labels, acts, plan.spec.explain.betas, temperature)
-    return ti_table(layer, ch.tolist(), plan.spec.explain.betas, ti, total, path)
+    return ti_table(layer, ch.tolist(), plan.spec.explain.betas, ti, total, path, interval)
 
 
 def _fast_factory(plan: ExplainPlan, layer: str) -> PatcherFactory:
@@ -690,17 +704,21 @@ class BlockTask:
 
 
 def model_blocks(plan: ExplainPlan, kind: str) -> list[BlockTask]:
-    """The model-path units of ``kind``: blocks of ``explain.neurons_per_unit`` channels of every layer
-    without a fast-path head (per explainer for ablation scores)."""
-    step = plan.spec.explain.neurons_per_unit
-    explainers = plan.spec.explain.explainers if kind == "ablation" else ("",)
-    return [
-        BlockTask(kind, lp.path, s, min(s + step, lp.channels), e)
-        for e in explainers
-        for lp in plan.layers
-        if lp.head is None
-        for s in range(0, lp.channels, step)
-    ]
+    """The model-path units of ``kind``: blocks of ``explain.neurons_per_unit`` scored channels
+    (``scored_channels``) of every layer without a fast-path head (per explainer for ablation scores)."""
+    cfg = plan.spec.explain
+    step = cfg.neurons_per_unit
+    explainers = cfg.explainers if kind == "ablation" else ("",)
+    out = []
+    for e in explainers:
+        for lp in plan.layers:
+            if lp.head is not None:
+                continue
+            scored, _ = scored_channels(lp.channels, cfg.ablation_neurons)
+            for a in range(0, len(scored), step):
+                block = scored[a : a + step]
+                out.append(BlockTask(kind, lp.path, int(block[0]), int(block[-1]) + 1, e))
+    return out
 
 
 class ImageBank:

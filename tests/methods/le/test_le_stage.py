@@ -493,3 +493,44 @@ def test_scores_through_the_graph_split_equal_plain_forward_passes():
             torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-5, atol=1e-7)
     for a, b in zip(out["graph"][2], out["full"][2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_a_neuron_sample_scores_every_ith_channel_as_the_full_run_does(run):
+    """``explain.ablation_neurons: 3`` scores channels 0, 3, 6 of the 8-channel layer1 (model path) and 0,
+    6, 12 of the 16-channel layer2 (fast path), the interval recorded in both tables, with the same scores
+    and Top Impact as the run that scores every neuron."""
+    root, out, _, _ = run
+    spec = make_spec(
+        root,
+        out="sampled",
+        ablation_neurons=3,
+        explainers=["label", TOY],
+        simulator=TOY2,
+        calibrations={TOY: {"a": 10.0, "b": 0.0}, TOY2: {"a": 10.0, "b": 0.0}},
+    )
+    run_audit(spec, runner=LocalRunner())
+    keys = ["layer", "channel", "explainer", "method"]
+    for table, key, cols in (
+        ("ablation_scores", keys, ["c", "d", "alpha", "val_objective", "status", "path"]),
+        ("top_impact", ["layer", "channel", "beta"], ["ti", "total_impact", "path"]),
+    ):
+        got = read_table(root / "sampled", table).sort_by([(k, "ascending") for k in key]).to_pylist()
+        full = {tuple(r[k] for k in key): r for r in read_table(out, table).to_pylist()}
+        expected = {"layer1": ({0, 3, 6}, 3), "layer2": ({0, 6, 12}, 6)}
+        for layer, (channels, _) in expected.items():
+            assert {r["channel"] for r in got if r["layer"] == layer} == channels
+        for r in got:
+            want = full[tuple(r[k] for k in key)]
+            assert r["sample_interval"] == expected[r["layer"]][1] and want["sample_interval"] == 1
+            for c in cols:
+                if isinstance(want[c], float):
+                    np.testing.assert_allclose(r[c], want[c], rtol=1e-4, atol=1e-6, err_msg=c)
+                else:
+                    assert r[c] == want[c], c
+
+
+def test_scored_channels():
+    assert ablation.scored_channels(8, None)[1] == 1
+    assert ablation.scored_channels(8, 8)[0].tolist() == list(range(8))
+    ch, interval = ablation.scored_channels(2048, 100)
+    assert interval == 21 and ch.tolist() == list(range(0, 2048, 21)) and len(ch) <= 100
