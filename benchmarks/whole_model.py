@@ -16,7 +16,7 @@ probe set). Then the ablation path against its floor: seconds of the LE ablation
 neuron over the seconds of one forward pass of the network after the layer over the validation split
 (``ablation_per_neuron_over_tail_pass``, measured per layer on the same images, summed over neurons).
 
-    python benchmarks/whole_model.py [--images 40 80] [--side 64] [--threads 2]
+    python benchmarks/whole_model.py [--images 24 48] [--side 64] [--threads 2]
 
 The last line printed is one JSON object with those figures and ``dominant_stage`` (the most seconds at
 the largest configuration).
@@ -210,7 +210,7 @@ def run_one(work: Path, n_images: int, layers: list[str], side: int) -> dict[str
     # the ablation floor: one pass of the tail over the val split, per model-path layer
     from neurodis.methods.le.plan import plan_explain
 
-    plan = plan_explain(spec, layout)
+    plan, _ = plan_explain(spec, layout)
     model_layers = [lp.path for lp in plan.layers if lp.head is None]
     split = load_split(layout)
     val_ids = sorted(i for i, s in split.items() if s == 1)
@@ -245,10 +245,10 @@ def exponent(t1: float, t2: float, n1: float, n2: float) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, nargs=2, default=[40, 80])
+    ap.add_argument("--images", type=int, nargs=2, default=[24, 48])
     ap.add_argument("--side", type=int, default=64)
-    ap.add_argument("--layers-small", nargs="+", default=["layer1.0", "layer3.0"])
-    ap.add_argument("--layers-large", nargs="+", default=["layer1.0", "layer2.0", "layer3.0", "layer4.0"])
+    ap.add_argument("--layers-small", nargs="+", default=["layer1.0"])
+    ap.add_argument("--layers-large", nargs="+", default=["layer1.0", "layer2.0"])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

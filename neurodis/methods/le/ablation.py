@@ -371,18 +371,29 @@ def score(
     temperature: float,
     steps: int,
     lr: float,
+    shared: dict[str, torch.Tensor] | None = None,
 ) -> Scores:
     """(c, d) on val by ``method`` and alpha on test, for neurons ``channels``. ``val`` = (rows, labels,
-    simulations ``[n, kc]``, activations ``[n, kc]``); ``test`` = (rows, labels, simulations)."""
+    simulations ``[n, kc]``, activations ``[n, kc]``); ``test`` = (rows, labels, simulations). ``shared``
+    (a dict the caller keeps for one set of neurons and rows) carries what does not depend on the method
+    or the explanation from one call to the next: the base losses and the mean-ablation losses."""
     vrows, vlab, vs, vq = val
     trows, tlab, ts = test
-    vbase, tbase = base_losses(p, vrows, vlab, temperature), base_losses(p, trows, tlab, temperature)
+    cache = {} if shared is None else shared
+    if "vbase" not in cache:
+        cache["vbase"] = base_losses(p, vrows, vlab, temperature)
+        cache["tbase"] = base_losses(p, trows, tlab, temperature)
+    vbase, tbase = cache["vbase"], cache["tbase"]
     if method == "norm":
         c, d = norm_scale(vs, vq)
     else:
         c, d = _optim(p, vrows, channels, vs, vlab, vbase, temperature, steps, lr)
     sim_t = abs_loss_change(losses(p, trows, channels, c * ts + d, tlab, temperature), tbase)
-    mean_t = abs_loss_change(losses(p, trows, channels, mu.expand(len(trows), -1), tlab, temperature), tbase)
+    if "mean_t" not in cache:
+        cache["mean_t"] = abs_loss_change(
+            losses(p, trows, channels, mu.expand(len(trows), -1), tlab, temperature), tbase
+        )
+    mean_t = cache["mean_t"]
     val_obj = abs_loss_change(losses(p, vrows, channels, c * vs + d, vlab, temperature), vbase)
     return Scores(c, d, alpha_score(sim_t, mean_t), val_obj)
 
@@ -591,6 +602,7 @@ def ablation_block(
         s_test = torch.from_numpy(simulate(source, cols, ws, bs, inp.ids[trows], cfg.chunk_images))
         q_val = torch.from_numpy(inp.q[vrows][:, ch].astype(np.float64))
         mu = torch.from_numpy(inp.q[train][:, ch].astype(np.float64).mean(0))
+        shared: dict[str, torch.Tensor] = {}  # base and mean-ablation losses: the same for every method
         for m in cfg.ablation_methods:
             res = score(
                 p,
@@ -602,6 +614,7 @@ def ablation_block(
                 temperature,
                 cfg.optim_steps,
                 cfg.optim_lr,
+                shared,
             )
             full = {
                 f: torch.full((len(channels),), float("nan"), dtype=torch.float64)
