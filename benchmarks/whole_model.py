@@ -2,11 +2,11 @@
 
 A seeded random-weight torchvision ``resnet50`` (``weights=None``) at a reduced resolution (``--side`` px
 in and out of the eval transform, default 64: no resize) is audited in this process (``LocalRunner``, one
-item at a time) with every stage: forward, PURE (toy evaluation embedder), embed (the tests' toy
-embedder), PSI, patch swaps and Linear Explanations (label explainer, ablation scores with ``norm``
-and ``optim``, Top Impact). Nothing is downloaded. The probe set is smooth random images in five
-classes (``--images``, two sizes). The two neuron counts are two sets of block outputs
-(``--layers-small`` and ``--layers-large``; ``all`` = the 16 block outputs, 15,104 neurons).
+item at a time) with every stage: forward, PURE (attributions and clustering, no crops), embed (the tests'
+toy embedder), PSI, patch swaps and Linear Explanations (label explainer, ablation scores with ``norm``,
+Top Impact; ``optim`` adds ``optim_steps`` forward and backward passes per neuron and is left out on
+CPU). Nothing is downloaded. The probe set is smooth random images in five classes (``--images``, two
+sizes). The two neuron counts are two sets of block outputs (``--layers-small`` and ``--layers-large``).
 
 Per stage it prints: units run, seconds, seconds per neuron and per image, the peak resident memory of
 this process while the stage ran outside any unit (``driver``) and inside one (``worker``; both in one
@@ -16,7 +16,13 @@ probe set). Then the ablation path against its floor: seconds of the LE ablation
 neuron over the seconds of one forward pass of the network after the layer over the validation split
 (``ablation_per_neuron_over_tail_pass``, measured per layer on the same images, summed over neurons).
 
-    python benchmarks/whole_model.py [--images 24 48] [--side 64] [--threads 2]
+First (``ablation_paths``), the model path of LE ablation alone, every neuron's logits over
+``--val-images`` random images, by the mode the code before the graph split used and by the split, same
+values: a custom ResNet whose ``forward`` uses functional ops and a skip connection around the audited
+32-channel layer (before: whole forward passes) and 32 neurons of ResNet-50's ``layer3.0`` (before: the
+hook replay); seconds per neuron, over one tail pass, the speed-up and the largest logit difference.
+
+    python benchmarks/whole_model.py [--images 24 48] [--side 64] [--threads 2] [--val-images 64]
 
 The last line printed is one JSON object with those figures and ``dominant_stage`` (the most seconds at
 the largest configuration).
@@ -155,7 +161,7 @@ def spec_dict(work: Path, probe: Path, layers: list[str], side: int) -> dict[str
             "classes": str(work / "classes.txt"),
             "neurons_per_unit": 256,
             "batch_size": 256,
-            "optim_steps": 2,
+            "ablation_methods": ["norm"],
             "betas": [0.1, 0.5],
         },
         "output": str(work / "run"),
@@ -237,6 +243,89 @@ def run_one(work: Path, n_images: int, layers: list[str], side: int) -> dict[str
     }
 
 
+class FunctionalResNet(torch.nn.Module):
+    """A small custom ResNet whose ``forward`` uses functional ops and a skip connection around the
+    audited layer ``block.conv2`` (32 channels): today's hook replay is wrong for it, so it got whole
+    forward passes."""
+
+    def __init__(self, width: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.block = torch.nn.Module()
+        self.block.conv1 = torch.nn.Conv2d(width, width, 3, padding=1)
+        self.block.conv2 = torch.nn.Conv2d(width, width, 3, padding=1)
+        self.head1 = torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.head2 = torch.nn.Conv2d(2 * width, 2 * width, 3, padding=1)
+        self.fc = torch.nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional
+        h = f.relu(self.stem(x))
+        for _ in range(3):  # the head: more work below the layer than above it
+            h = f.relu(self.block.conv1(h) + h)
+        y = f.relu(self.block.conv2(h) + h)
+        z = f.relu(self.head2(f.relu(self.head1(y))))
+        return self.fc(torch.flatten(f.adaptive_avg_pool2d(z, 1), 1))
+
+
+def ablation_paths(n_val: int, side: int, batch: int) -> dict[str, Any]:
+    """Ablation logits of every neuron of one layer over ``n_val`` images, by the mode today's code used
+    (``full`` passes for the custom ResNet, the hook replay ``hooked`` for a ResNet-50 block output) and by
+    the graph split; per neuron seconds over the seconds of one tail pass over the same images."""
+    from neurodis.methods.le.ablation import ModelPatcher
+
+    out: dict[str, Any] = {}
+    g = torch.Generator().manual_seed(0)
+    for name, model, layer, today in (
+        ("custom_functional_resnet", FunctionalResNet(), "block.conv2", "full"),
+        ("resnet50", torchvision_resnet50(), "layer3.0", "hooked"),
+    ):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        x = torch.randn(n_val, 3, side, side, generator=g)
+        k = int(dict(model.named_modules())[layer].out_channels if name != "resnet50" else 1024)
+        channels = np.arange(k) if name != "resnet50" else np.arange(0, 1024, 32)  # 32 neurons of layer3.0
+        values = torch.randn(n_val, len(channels), generator=g, dtype=torch.float64)
+        rows = np.arange(n_val)
+        res: dict[str, Any] = {"layer": layer, "neurons": len(channels), "val_images": n_val}
+        logits = {}
+        for mode in (today, "graph"):
+            p = ModelPatcher(
+                model, layer, lambda r, x=x: x[torch.as_tensor(r)], "cpu", batch, len(channels), n_val
+            )
+            with torch.no_grad():
+                p.logits(rows[:2], channels[:2], values[:2])  # the check (and the split) once
+                assert p.mode == "graph", p.mode
+                p.mode = mode
+                t0 = time.perf_counter()
+                parts = []
+                tile = max(1, batch // len(channels))
+                for a in range(0, n_val, tile):
+                    parts.append(p.logits(rows[a : a + tile], channels, values[a : a + tile]))
+                t = time.perf_counter() - t0
+            logits[mode] = torch.cat(parts)
+            res[f"{mode}_seconds_per_neuron"] = round(t / len(channels), 4)
+        floor = tail_seconds(model, layer, x, batch)
+        res["tail_pass_seconds"] = round(floor, 4)
+        res["today_mode"] = today
+        res["speedup"] = round(res[f"{today}_seconds_per_neuron"] / res["graph_seconds_per_neuron"], 2)
+        res["per_neuron_over_tail_pass"] = {
+            m: round(res[f"{m}_seconds_per_neuron"] / floor, 2) for m in (today, "graph")
+        }
+        res["max_abs_logit_diff"] = float((logits[today] - logits["graph"]).abs().max())
+        out[name] = res
+    return out
+
+
+def torchvision_resnet50() -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet50(weights=None)
+
+
 def exponent(t1: float, t2: float, n1: float, n2: float) -> float | None:
     if t1 <= 0 or t2 <= 0 or n1 == n2:
         return None
@@ -250,8 +339,16 @@ def main() -> None:
     ap.add_argument("--layers-small", nargs="+", default=["layer1.0"])
     ap.add_argument("--layers-large", nargs="+", default=["layer1.0", "layer2.0"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--val-images", type=int, default=64, help="images of the ablation-path comparison")
+    ap.add_argument("--skip-audit", action="store_true", help="only the ablation-path comparison")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    paths = ablation_paths(args.val_images, args.side, 256)
+    for name, r in paths.items():
+        print(name, r, flush=True)
+    if args.skip_audit:
+        print(json.dumps({"ablation_paths": paths}))
+        return
     runs: dict[tuple[int, str], dict[str, Any]] = {}
     for n in args.images:
         for name, layers in (("small", args.layers_small), ("large", args.layers_large)):
@@ -305,6 +402,7 @@ def main() -> None:
         "ablation_per_neuron_over_tail_pass": big["ablation_per_neuron_over_tail_pass"],
         "ablation_model_path_seconds": big["ablation_model_path_seconds"],
         "total_seconds": {f"{n}x{k}": runs[(n, k)]["total_seconds"] for n, k in runs},
+        "ablation_paths": paths,
     }
     print(json.dumps(out))
 
