@@ -116,18 +116,23 @@ class FastPatcher:
         return rank1_logits(self.base[r], self.q[r][:, c], self.w[:, c], values)
 
 
-def patch_channels(out: torch.Tensor, channels: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def patch_channels(
+    out: torch.Tensor, channels: torch.Tensor, v: torch.Tensor, inplace: bool = False
+) -> torch.Tensor:
     """``out`` holds ``G * B`` rows (block ``g`` = the image batch repeated for neuron ``channels[g]``);
     channel ``channels[g]`` of row ``g * B + b`` becomes ``v[b, g]`` everywhere (space / tokens).
-    Differentiable in ``v``."""
+    Differentiable in ``v``. ``inplace``: write into ``out`` (a fresh tensor nothing else reads) instead
+    of a copy."""
     b, g = v.shape
+    x = out if inplace else out.clone()
+    rows = torch.arange(g * b, device=out.device)
     ch = channels.to(out.device).repeat_interleave(b)
-    cdim = 2 if out.dim() == 3 else 1  # tokens [N, T, C], else [N, C, ...]
-    shape = [g * b] + [1] * (out.dim() - 1)
-    shape[cdim] = out.shape[cdim]
-    onehot = torch.nn.functional.one_hot(ch, out.shape[cdim]).to(out.dtype).reshape(shape)
-    vals = v.T.reshape(-1).to(out.device, out.dtype).reshape([g * b] + [1] * (out.dim() - 1))
-    return out * (1 - onehot) + onehot * vals
+    vals = v.T.reshape(-1).to(out.device, out.dtype)
+    if out.dim() == 3:  # tokens [N, T, C]: the channel on every token
+        x[rows, :, ch] = vals[:, None].expand(g * b, out.shape[1])
+    else:  # [N, C, ...]
+        x[rows, ch] = vals.reshape([g * b] + [1] * (out.dim() - 2)).expand(g * b, *out.shape[2:])
+    return x
 
 
 @contextlib.contextmanager
@@ -231,7 +236,10 @@ class ModelPatcher:
     def _upper(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
         a, frontier = self._lower(rows)
         patched = patch_channels(
-            a.repeat(len(channels), *([1] * (a.dim() - 1))), torch.as_tensor(channels), values.to(self.device)
+            a.repeat(len(channels), *([1] * (a.dim() - 1))),
+            torch.as_tensor(channels),
+            values.to(self.device),
+            inplace=True,
         )
         if self.mode == "graph" and self.split is not None:
             out: torch.Tensor = self.split.upper(patched, Split.repeat(frontier, len(rows), len(channels)))
