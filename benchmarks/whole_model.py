@@ -1,20 +1,22 @@
 """Whole-model audit cost: every stage of neurodis on ResNet-50, at two probe-set sizes and two neuron counts.
 
 A seeded random-weight torchvision ``resnet50`` (``weights=None``) at a reduced resolution (``--side`` px
-in and out of the eval transform, default 64: no resize) is audited in this process (``LocalRunner``, one
+in and out of the eval transform, default 64: no resize) is audited without Ray (``LocalRunner``, one
 item at a time) with every stage: forward, PURE (attributions and clustering, no crops), embed (the tests'
 toy embedder), PSI, patch swaps and Linear Explanations (label explainer, ablation scores with ``norm``,
 Top Impact; ``optim`` adds ``optim_steps`` forward and backward passes per neuron and is left out on
 CPU). Nothing is downloaded. The probe set is smooth random images in five classes (``--images``, two
 sizes). The two neuron counts are two sets of block outputs (``--layers-small`` and ``--layers-large``).
 
-Per stage it prints: units run, seconds, seconds per neuron and per image, the peak resident memory of
-this process while the stage ran outside any unit (``driver``) and inside one (``worker``; both in one
-process here, so ``worker`` includes the driver's share), and the growth exponents of the stage's
-seconds in images (``log(t2/t1) / log(n2/n1)`` at the larger neuron count) and in neurons (at the larger
-probe set). Then the ablation path against its floor: seconds of the LE ablation step per model-path
-neuron over the seconds of one forward pass of the network after the layer over the validation split
-(``ablation_per_neuron_over_tail_pass``, measured per layer on the same images, summed over neurons).
+Each configuration runs in a fresh process. Per stage it prints: units run, seconds, seconds per neuron
+and per image, the peak resident memory of that process while the stage ran outside any unit
+(``driver``) and inside one (``worker``; both in one process here, so ``worker`` includes the driver's
+share, and a stage's figure includes what earlier stages left allocated), and the growth exponents of
+the stage's seconds in images (``log(t2/t1) / log(n2/n1)`` at the larger neuron count) and in neurons
+(at the larger probe set). Then the ablation path against its floor: seconds of the LE ablation step
+per model-path neuron over the seconds of one forward pass of the network after the layer over the
+validation split (``ablation_per_neuron_over_tail_pass``, measured per layer on the same images, summed
+over neurons).
 
 First (``ablation_paths``), the model path of LE ablation alone, every neuron's logits over
 ``--val-images`` random images, by the mode the code before the graph split used and by the split, same
@@ -34,6 +36,8 @@ import argparse
 import contextlib
 import json
 import math
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -341,8 +345,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--val-images", type=int, default=64, help="images of the ablation-path comparison")
     ap.add_argument("--skip-audit", action="store_true", help="only the ablation-path comparison")
+    ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: IMAGES LAYER... in this process
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.one:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(run_one(Path(tmp), int(args.one[0]), args.one[1:], args.side)))
+        return
     paths = ablation_paths(args.val_images, args.side, 256)
     for name, r in paths.items():
         print(name, r, flush=True)
@@ -352,8 +361,11 @@ def main() -> None:
     runs: dict[tuple[int, str], dict[str, Any]] = {}
     for n in args.images:
         for name, layers in (("small", args.layers_small), ("large", args.layers_large)):
-            with tempfile.TemporaryDirectory() as tmp:
-                r = run_one(Path(tmp), n, layers, args.side)
+            # a fresh process per configuration: its memory figures are its own
+            cmd = [sys.executable, __file__, "--one", str(n), *layers]
+            cmd += ["--side", str(args.side), "--threads", str(args.threads)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            r = json.loads(done.stdout.strip().splitlines()[-1])
             runs[(n, name)] = r
             print(
                 f"{n} images, {r['neurons']} neurons ({len(layers)} layers): {r['total_seconds']:.1f} s; "
