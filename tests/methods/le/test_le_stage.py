@@ -22,7 +22,7 @@ from neurodis.io.layout import RunLayout
 from neurodis.io.tables import read_table
 from neurodis.methods.le import ablation, explanations
 from neurodis.methods.le.plan import plan_explain
-from neurodis.models.tiny import tiny_cnn
+from neurodis.models.tiny import tiny_cnn, tiny_vit
 from neurodis.orchestration.audit import run_audit, stage_status
 from neurodis.orchestration.runners import LocalRunner
 from neurodis.types import SpecError
@@ -438,6 +438,7 @@ def _resnet18():
         (_FunctionalResNet, "block.conv1", "graph"),
         (_resnet18, "layer2.0.conv1", "graph"),  # the downsample branch reads below the layer
         (_resnet18, "layer3.1", "graph"),
+        (tiny_vit, "encoder.layers.encoder_layer_1.mlp.1", "graph"),  # tokens; the residual reads below
         (_Untraceable, "inner", "full"),
         (_Untraceable, "stem", "hooked"),
     ],
