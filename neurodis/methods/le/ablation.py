@@ -6,9 +6,12 @@ Two paths compute the logits of a model whose neuron ``k`` is replaced by a cons
 - **fast** (a layer followed by global average pooling and a linear head, detected numerically at plan
   time): rank-1 updates of the logits computed from the stored mean activations; no forward pass, CPU
   tasks (``abl.<explainer>.<layer>``, ``ti.<layer>``);
-- **model** (any other layer): forward passes with a hook that replaces channel ``k`` of the layer's
-  output, many neurons per pass by repeating each image once per neuron; GPU actors that load the model
-  once (``AblationWorker``; units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
+- **model** (any other layer): the logits of many neurons' ablations in one batch (the images repeated
+  once per neuron, channel ``k`` of block ``k`` replaced); only the network after the layer runs per
+  neuron where the model's ``torch.fx`` graph splits at the layer (skip connections around it included),
+  else the layer's output is replayed through a hook, else whole forward passes (``ModelPatcher``, the
+  choice checked against plain forward passes); GPU actors that load the model once (``AblationWorker``;
+  units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
 
 Both paths feed the same scoring code, and agree where both apply (tested).
 """
@@ -57,11 +60,20 @@ from neurodis.methods.le.sources import load_embedder_source
 from neurodis.methods.le.tables import ABLATION_SCORES, TOP_IMPACT
 from neurodis.models.loading import load_model
 from neurodis.models.subnet import capture
+from neurodis.models.tail import Split, split_at
 from neurodis.pipeline.step import UnitOutput, run_unit
 
 log = logging.getLogger(__name__)
 
 FAST_BUDGET = 1 << 22  # logits elements per fast-path tile (rows x neurons x classes)
+
+
+def scored_channels(n_channels: int, sample: int | None) -> tuple[np.ndarray, int]:
+    """The channels of a layer whose ablation is scored and the sampling interval ``i``: every channel
+    (``i = 1``), or with ``explain.ablation_neurons: n`` below the layer's width, channels ``0, i, 2i, ...``
+    with ``i = ceil(channels / n)`` (at most ``n`` of them, spread over the layer)."""
+    interval = 1 if sample is None or sample >= n_channels else -(-n_channels // sample)
+    return np.arange(0, n_channels, interval, dtype=np.int64), interval
 
 
 def ablation_unit(explainer: str, layer: str, start: int | None = None) -> str:
@@ -104,18 +116,23 @@ class FastPatcher:
         return rank1_logits(self.base[r], self.q[r][:, c], self.w[:, c], values)
 
 
-def patch_channels(out: torch.Tensor, channels: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def patch_channels(
+    out: torch.Tensor, channels: torch.Tensor, v: torch.Tensor, inplace: bool = False
+) -> torch.Tensor:
     """``out`` holds ``G * B`` rows (block ``g`` = the image batch repeated for neuron ``channels[g]``);
     channel ``channels[g]`` of row ``g * B + b`` becomes ``v[b, g]`` everywhere (space / tokens).
-    Differentiable in ``v``."""
+    Differentiable in ``v``. ``inplace``: write into ``out`` (a fresh tensor nothing else reads) instead
+    of a copy."""
     b, g = v.shape
+    x = out if inplace else out.clone()
+    rows = torch.arange(g * b, device=out.device)
     ch = channels.to(out.device).repeat_interleave(b)
-    cdim = 2 if out.dim() == 3 else 1  # tokens [N, T, C], else [N, C, ...]
-    shape = [g * b] + [1] * (out.dim() - 1)
-    shape[cdim] = out.shape[cdim]
-    onehot = torch.nn.functional.one_hot(ch, out.shape[cdim]).to(out.dtype).reshape(shape)
-    vals = v.T.reshape(-1).to(out.device, out.dtype).reshape([g * b] + [1] * (out.dim() - 1))
-    return out * (1 - onehot) + onehot * vals
+    vals = v.T.reshape(-1).to(out.device, out.dtype)
+    if out.dim() == 3:  # tokens [N, T, C]: the channel on every token
+        x[rows, :, ch] = vals[:, None].expand(g * b, out.shape[1])
+    else:  # [N, C, ...]
+        x[rows, ch] = vals.reshape([g * b] + [1] * (out.dim() - 2)).expand(g * b, *out.shape[2:])
+    return x
 
 
 @contextlib.contextmanager
@@ -150,12 +167,22 @@ def output_replaced(module: nn.Module, tensor: torch.Tensor) -> Iterator[None]:
 
 
 class ModelPatcher:
-    """Forward passes from the layer on, with the layer patched; ``images(rows)`` gives the preprocessed
-    inputs. The layer's output for a tile of images is computed once (no grad, cached within a memory
-    budget) and repeated once per neuron; the modules above run on that batch while the modules below run
-    on a single stand-in image, whose output at the layer is replaced. That truncation is checked once
-    against a plain forward pass of repeated images (a model whose upper part reads anything computed below
-    the layer other than its output fails the check) and otherwise not used."""
+    """Logits of ``model`` with channels of ``layer`` patched; ``images(rows)`` gives the preprocessed
+    inputs. Many neurons run as one batch: the layer's output for a tile of images is repeated once per
+    neuron (at most ``batch_size`` rows per pass; more neurons run in several passes) and channel ``k`` of
+    block ``k`` is replaced. Three ways to run that batch, the first that passes a check against plain
+    forward passes of repeated images (once per patcher, on two images and two neurons) is used
+    (``mode``):
+
+    - ``graph``: the model's ``torch.fx`` graph cut at the layer (``neurodis.models.tail``): the part
+      below runs once per tile of images and is cached (within ``cache_bytes``) together with every value
+      the part above reads from below (a skip connection around the layer, functional ops); only the
+      part above runs per neuron;
+    - ``hooked`` (models ``torch.fx`` cannot trace): the layer's output cached the same way and fed
+      through a hook to the modules above while the modules below see a single stand-in image; right
+      only when the part above reads nothing from below the layer but its output;
+    - ``full``: forward passes of the repeated images from the input, the layer patched by a hook.
+    """
 
     def __init__(
         self,
@@ -170,24 +197,35 @@ class ModelPatcher:
     ) -> None:
         self.model, self.layer, self.module = model, layer, dict(model.named_modules())[layer]
         self.images, self.device = images, device
+        self.batch_size = max(1, batch_size)
         self.tile = max(1, batch_size // max(1, n_channels))
-        self.cache: dict[bytes, torch.Tensor] = {}
-        self.cache_bytes = cache_bytes
-        self.truncated: bool | None = None if n_rows >= 2 else False  # the check needs two different images
+        self.cache: dict[bytes, tuple[torch.Tensor, tuple[Any, ...]]] = {}
+        self.cache_bytes, self.cached_bytes = cache_bytes, 0
+        self.split: Split | None = None
+        self.mode: str | None = None if n_rows >= 2 else "full"  # the check needs two different images
 
     def base_logits(self, rows: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
             return self.model(self.images(rows).to(self.device)).double().cpu()
 
-    def _lower(self, rows: np.ndarray) -> torch.Tensor:
+    def _lower(self, rows: np.ndarray) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        """The layer's output on ``rows`` and (graph mode) the values the tail reads from below it."""
         key = rows.tobytes()
-        a = self.cache.get(key)
-        if a is None:
-            a = capture(self.model, self.images(rows).to(self.device), self.layer)
-            used = sum(t.numel() * t.element_size() for t in self.cache.values())
-            if used + a.numel() * a.element_size() <= self.cache_bytes:
-                self.cache[key] = a
-        return a
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        x = self.images(rows).to(self.device)
+        with torch.no_grad():
+            if self.mode == "graph" and self.split is not None:
+                a, frontier = self.split.lower(x)
+                frontier = tuple(f.detach() if isinstance(f, torch.Tensor) else f for f in frontier)
+            else:
+                a, frontier = capture(self.model, x, self.layer), ()
+        size = sum(t.numel() * t.element_size() for t in (a, *frontier) if isinstance(t, torch.Tensor))
+        if self.cached_bytes + size <= self.cache_bytes:
+            self.cache[key] = (a, frontier)
+            self.cached_bytes += size
+        return a, frontier
 
     def _full(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
         x = self.images(rows).to(self.device)
@@ -196,41 +234,71 @@ class ModelPatcher:
             return self.model(x.repeat(len(channels), *([1] * (x.dim() - 1))))
 
     def _upper(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
-        a = self._lower(rows)
+        a, frontier = self._lower(rows)
         patched = patch_channels(
-            a.repeat(len(channels), *([1] * (a.dim() - 1))), torch.as_tensor(channels), values.to(self.device)
+            a.repeat(len(channels), *([1] * (a.dim() - 1))),
+            torch.as_tensor(channels),
+            values.to(self.device),
+            inplace=True,
         )
+        if self.mode == "graph" and self.split is not None:
+            out: torch.Tensor = self.split.upper(patched, Split.repeat(frontier, len(rows), len(channels)))
+            return out
         with output_replaced(self.module, patched):
-            out: torch.Tensor = self.model(self.images(rows[:1]).to(self.device))
+            out = self.model(self.images(rows[:1]).to(self.device))
         return out
 
-    def _check(self, channels: np.ndarray) -> bool:
+    def _agrees(self, mode: str, full: torch.Tensor, r: np.ndarray, ch: np.ndarray, v: torch.Tensor) -> bool:
+        self.mode, self.cache, self.cached_bytes = mode, {}, 0
+        try:
+            with torch.no_grad():
+                got = self._upper(r, ch, v)
+        except Exception as e:  # noqa: BLE001 - any failure means: this mode does not apply
+            log.info("explain: layer %s: %s mode failed its check: %s", self.layer, mode, e)
+            return False
+        finally:
+            self.cache, self.cached_bytes = {}, 0
+        return (
+            isinstance(got, torch.Tensor)
+            and got.shape == full.shape
+            and torch.allclose(got, full, rtol=1e-4, atol=1e-5 * (1.0 + float(full.abs().max())))
+        )
+
+    def _check(self, channels: np.ndarray) -> str:
         g = torch.Generator().manual_seed(0)
         r, ch = np.arange(2), channels[:2]
         v = torch.randn(len(r), len(ch), generator=g, dtype=torch.float64)
         with torch.no_grad():
             full = self._full(r, ch, v)
-            try:
-                upper = self._upper(r, ch, v)
-            except Exception:  # noqa: BLE001 - any failure means: not truncatable
-                return False
-        ok = upper.shape == full.shape and torch.allclose(
-            upper, full, rtol=1e-4, atol=1e-5 * (1.0 + float(full.abs().max()))
-        )
+        self.split = split_at(self.model, self.layer)
+        mode = "full"
+        if self.split is not None and self._agrees("graph", full, r, ch, v):
+            mode = "graph"
+        elif self._agrees("hooked", full, r, ch, v):
+            mode = "hooked"
+        if mode != "graph":
+            self.split = None
         log.info(
             "explain: layer %s: forward passes %s",
             self.layer,
-            "from the layer on"
-            if ok
-            else "from the input (the upper part reads more than the layer's output)",
+            {
+                "graph": "of the graph after the layer",
+                "hooked": "from the layer on",
+                "full": "from the input (neither the graph split nor the hook replay matches the model)",
+            }[mode],
         )
-        return ok
+        return mode
 
     def logits(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
-        if self.truncated is None:
-            self.truncated = self._check(channels)
-        out = self._upper(rows, channels, values) if self.truncated else self._full(rows, channels, values)
-        return out.reshape(len(channels), len(rows), -1).transpose(0, 1).double().cpu()
+        if self.mode is None:
+            self.mode = self._check(channels)
+        run = self._full if self.mode == "full" else self._upper
+        step = max(1, self.batch_size // max(1, len(rows)))
+        parts = [
+            run(rows, channels[s], values[:, s]).reshape(s.stop - s.start, len(rows), -1)
+            for s in _tiles(len(channels), step)
+        ]
+        return torch.cat(parts).transpose(0, 1).double().cpu()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,18 +379,29 @@ def score(
     temperature: float,
     steps: int,
     lr: float,
+    shared: dict[str, torch.Tensor] | None = None,
 ) -> Scores:
     """(c, d) on val by ``method`` and alpha on test, for neurons ``channels``. ``val`` = (rows, labels,
-    simulations ``[n, kc]``, activations ``[n, kc]``); ``test`` = (rows, labels, simulations)."""
+    simulations ``[n, kc]``, activations ``[n, kc]``); ``test`` = (rows, labels, simulations). ``shared``
+    (a dict the caller keeps for one set of neurons and rows) carries what does not depend on the method
+    or the explanation from one call to the next: the base losses and the mean-ablation losses."""
     vrows, vlab, vs, vq = val
     trows, tlab, ts = test
-    vbase, tbase = base_losses(p, vrows, vlab, temperature), base_losses(p, trows, tlab, temperature)
+    cache = {} if shared is None else shared
+    if "vbase" not in cache:
+        cache["vbase"] = base_losses(p, vrows, vlab, temperature)
+        cache["tbase"] = base_losses(p, trows, tlab, temperature)
+    vbase, tbase = cache["vbase"], cache["tbase"]
     if method == "norm":
         c, d = norm_scale(vs, vq)
     else:
         c, d = _optim(p, vrows, channels, vs, vlab, vbase, temperature, steps, lr)
     sim_t = abs_loss_change(losses(p, trows, channels, c * ts + d, tlab, temperature), tbase)
-    mean_t = abs_loss_change(losses(p, trows, channels, mu.expand(len(trows), -1), tlab, temperature), tbase)
+    if "mean_t" not in cache:
+        cache["mean_t"] = abs_loss_change(
+            losses(p, trows, channels, mu.expand(len(trows), -1), tlab, temperature), tbase
+        )
+    mean_t = cache["mean_t"]
     val_obj = abs_loss_change(losses(p, vrows, channels, c * vs + d, vlab, temperature), vbase)
     return Scores(c, d, alpha_score(sim_t, mean_t), val_obj)
 
@@ -372,6 +451,7 @@ def ablation_table(
     results: dict[str, Scores | None],
     temperature: float,
     path: str,
+    interval: int = 1,
 ) -> pa.Table:
     rows: dict[str, list[Any]] = {n: [] for n in ABLATION_SCORES.schema.names}
 
@@ -402,6 +482,7 @@ def ablation_table(
                 "temperature": temperature,
                 "path": path,
                 "status": st,
+                "sample_interval": interval,
             }
             for n in rows:
                 rows[n].append(row[n])
@@ -415,6 +496,7 @@ def ti_table(
     ti: torch.Tensor,
     total: torch.Tensor,
     path: str,
+    interval: int = 1,
 ) -> pa.Table:
     rows = [
         {
@@ -424,6 +506,7 @@ def ti_table(
             "ti": float(ti[i, j]) if np.isfinite(float(ti[i, j])) else None,
             "total_impact": float(total[i]),
             "path": path,
+            "sample_interval": interval,
         }
         for i, ch in enumerate(channels)
         for j, b in enumerate(betas)
@@ -496,7 +579,8 @@ def ablation_block(
     source, simulator = _sources(plan, explainer)
     ex = explanations_of(plan.layout, explainer, layer).to_pylist()
     by_channel = {int(r["channel"]): r for r in ex}
-    channels = list(range(start, stop))
+    scored, interval = scored_channels(plan.layer(layer).channels, cfg.ablation_neurons)
+    channels = [int(c) for c in scored if start <= c < stop]
     status = [
         ("dead" if by_channel[c]["status"] == "dead" else "no_explanation")
         if c not in by_channel or by_channel[c]["status"] != "ok"
@@ -526,6 +610,7 @@ def ablation_block(
         s_test = torch.from_numpy(simulate(source, cols, ws, bs, inp.ids[trows], cfg.chunk_images))
         q_val = torch.from_numpy(inp.q[vrows][:, ch].astype(np.float64))
         mu = torch.from_numpy(inp.q[train][:, ch].astype(np.float64).mean(0))
+        shared: dict[str, torch.Tensor] = {}  # base and mean-ablation losses: the same for every method
         for m in cfg.ablation_methods:
             res = score(
                 p,
@@ -537,6 +622,7 @@ def ablation_block(
                 temperature,
                 cfg.optim_steps,
                 cfg.optim_lr,
+                shared,
             )
             full = {
                 f: torch.full((len(channels),), float("nan"), dtype=torch.float64)
@@ -545,7 +631,7 @@ def ablation_block(
             for f, src in (("c", res.c), ("d", res.d), ("alpha", res.alpha), ("v", res.val_objective)):
                 full[f][torch.as_tensor(live)] = src.detach().double()
             results[m] = Scores(full["c"], full["d"], full["alpha"], full["v"])
-    return ablation_table(layer, explainer, simulator, channels, status, results, temperature, path)
+    return ablation_table(layer, explainer, simulator, channels, status, results, temperature, path, interval)
 
 
 def ti_block(
@@ -553,7 +639,8 @@ def ti_block(
 ) -> pa.Table:
     """Top Impact of channels ``start:stop`` over every labelled probe image."""
     inp = layer_inputs(plan, layer)
-    ch = np.arange(start, stop)
+    scored, interval = scored_channels(plan.layer(layer).channels, plan.spec.explain.ablation_neurons)
+    ch = scored[(scored >= start) & (scored < stop)]
     rows = np.arange(len(inp.ids))
     p = factory(inp.ids, inp.q, len(ch))
     labels = torch.from_numpy(inp.label)
@@ -561,7 +648,7 @@ def ti_block(
     temperature = temperature_of(plan.spec, p, val if len(val) else rows, labels[val] if len(val) else labels)
     acts = torch.from_numpy(inp.q[:, ch].astype(np.float64))
     ti, total = top_impact_of(p, rows, ch, labels, acts, plan.spec.explain.betas, temperature)
-    return ti_table(layer, ch.tolist(), plan.spec.explain.betas, ti, total, path)
+    return ti_table(layer, ch.tolist(), plan.spec.explain.betas, ti, total, path, interval)
 
 
 def _fast_factory(plan: ExplainPlan, layer: str) -> PatcherFactory:
@@ -638,17 +725,21 @@ class BlockTask:
 
 
 def model_blocks(plan: ExplainPlan, kind: str) -> list[BlockTask]:
-    """The model-path units of ``kind``: blocks of ``explain.neurons_per_unit`` channels of every layer
-    without a fast-path head (per explainer for ablation scores)."""
-    step = plan.spec.explain.neurons_per_unit
-    explainers = plan.spec.explain.explainers if kind == "ablation" else ("",)
-    return [
-        BlockTask(kind, lp.path, s, min(s + step, lp.channels), e)
-        for e in explainers
-        for lp in plan.layers
-        if lp.head is None
-        for s in range(0, lp.channels, step)
-    ]
+    """The model-path units of ``kind``: blocks of ``explain.neurons_per_unit`` scored channels
+    (``scored_channels``) of every layer without a fast-path head (per explainer for ablation scores)."""
+    cfg = plan.spec.explain
+    step = cfg.neurons_per_unit
+    explainers = cfg.explainers if kind == "ablation" else ("",)
+    out = []
+    for e in explainers:
+        for lp in plan.layers:
+            if lp.head is not None:
+                continue
+            scored, _ = scored_channels(lp.channels, cfg.ablation_neurons)
+            for a in range(0, len(scored), step):
+                block = scored[a : a + step]
+                out.append(BlockTask(kind, lp.path, int(block[0]), int(block[-1]) + 1, e))
+    return out
 
 
 class ImageBank:

@@ -72,6 +72,7 @@ class ExplainConfig:
     chunk_images: int = 4096
     neurons_per_unit: int = 64
     batch_size: int = 32
+    ablation_neurons: int | None = None
 
     def __post_init__(self) -> None:
         if self.explainer is not None:  # one explainer: `explainer: label` is short for `explainers: [label]`
@@ -141,6 +142,11 @@ class ExplainConfig:
         for key in ("optim_steps", "chunk_images", "neurons_per_unit", "batch_size"):
             if getattr(self, key) <= 0:
                 raise SpecError(f"explain.{key} must be a positive integer")
+        if self.ablation_neurons is not None and self.ablation_neurons < 1:
+            raise SpecError(
+                f"explain.ablation_neurons must be a positive integer (or null: every neuron), got "
+                f"{self.ablation_neurons}"
+            )
         if self.optim_lr <= 0 or self.min_std < 0:
             raise SpecError("explain.optim_lr must be > 0 and explain.min_std >= 0")
 

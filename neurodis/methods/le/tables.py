@@ -108,6 +108,12 @@ ABLATION_SCORES = table_spec(
             "'fast' (rank-1 logit updates through pooling + linear head) or 'model' (forward passes)",
         ),
         ("status", pa.string(), "'ok', 'no_explanation', 'dead', 'no_labels' or 'error: ...'"),
+        (
+            "sample_interval",
+            pa.int32(),
+            "every how many channels of the layer one is scored (channels 0, i, 2i, ...; "
+            "explain.ablation_neurons); 1 = every neuron",
+        ),
     ],
 )
 
@@ -128,6 +134,7 @@ TOP_IMPACT = table_spec(
         ("ti", pa.float64(), "sum of |I| over those images / sum over all (null when the total is 0)"),
         ("total_impact", pa.float64(), "sum over all labelled images of |I| = |dAcc - dL| / 2"),
         ("path", pa.string(), "'fast' or 'model'"),
+        ("sample_interval", pa.int32(), "as in ablation_scores: 1 = every neuron of the layer"),
     ],
 )
 

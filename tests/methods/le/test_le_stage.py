@@ -22,7 +22,7 @@ from neurodis.io.layout import RunLayout
 from neurodis.io.tables import read_table
 from neurodis.methods.le import ablation, explanations
 from neurodis.methods.le.plan import plan_explain
-from neurodis.models.tiny import tiny_cnn
+from neurodis.models.tiny import tiny_cnn, tiny_vit
 from neurodis.orchestration.audit import run_audit, stage_status
 from neurodis.orchestration.runners import LocalRunner
 from neurodis.types import SpecError
@@ -387,19 +387,151 @@ class _SkipAround(torch.nn.Module):
         return self.fc((self.inner(h) + h).mean((2, 3)))
 
 
-@pytest.mark.parametrize("model,layer,truncated", [(tiny_cnn, "layer1", True), (_SkipAround, "inner", False)])
-def test_model_patcher_equals_patching_one_neuron_at_a_time(model, layer, truncated):
-    """Forward passes from the layer on (or from the input, when the upper part reads below the layer)
-    equal the reference hook patching, neuron by neuron."""
+class _FunctionalResNet(torch.nn.Module):
+    """A small ResNet written with functional ops: a skip connection around ``block.conv2`` and around
+    ``block``, pooling and flattening by functions (the "from the layer on" hook replay is wrong here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(4)
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.block = torch.nn.Module()
+        self.block.conv1 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.block.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.down = torch.nn.Conv2d(8, 6, 1, stride=2)
+        self.fc = torch.nn.Linear(6, 5)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+
+    def forward(self, x):
+        h = torch.nn.functional.relu(self.stem(x))
+        y = torch.nn.functional.relu(self.block.conv1(h))
+        y = torch.nn.functional.relu(self.block.conv2(y) + h)
+        z = torch.nn.functional.relu(self.down(y))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(z, 1), 1))
+
+
+class _Untraceable(_SkipAround):
+    """Data-dependent control flow: ``torch.fx`` cannot trace it."""
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        if float(h.sum()) > -1e30:
+            h = h + 0.0
+        return self.fc((self.inner(h) + h).mean((2, 3)))
+
+
+def _resnet18():
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=7)
+
+
+@pytest.mark.parametrize(
+    "model,layer,mode",
+    [
+        (tiny_cnn, "layer1", "graph"),
+        (_SkipAround, "inner", "graph"),
+        (_FunctionalResNet, "block.conv2", "graph"),
+        (_FunctionalResNet, "block.conv1", "graph"),
+        (_resnet18, "layer2.0.conv1", "graph"),  # the downsample branch reads below the layer
+        (_resnet18, "layer3.1", "graph"),
+        (tiny_vit, "encoder.layers.encoder_layer_1.mlp.1", "graph"),  # tokens; the residual reads below
+        (_Untraceable, "inner", "full"),
+        (_Untraceable, "stem", "hooked"),
+    ],
+)
+@pytest.mark.parametrize("batch_size", [64, 7])
+def test_model_patcher_equals_patching_one_neuron_at_a_time(model, layer, mode, batch_size):
+    """The graph split, the hook replay and plain forward passes (whichever the check picks), in batches
+    of neurons (several passes when the batch is small), equal the reference hook patching, neuron by
+    neuron, in a plain forward pass of the whole model."""
     net = model().eval()
     for p in net.parameters():
         p.requires_grad_(False)
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    patcher = ablation.ModelPatcher(net, layer, lambda rows: x[torch.as_tensor(rows)], "cpu", 64, 3, n_rows=6)
+    patcher = ablation.ModelPatcher(
+        net, layer, lambda rows: x[torch.as_tensor(rows)], "cpu", batch_size, 3, n_rows=6
+    )
     channels = np.array([0, 2, 3])
     values = torch.randn(6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    got = patcher.logits(np.arange(6), channels, values)
-    assert patcher.truncated is truncated
+    got = torch.cat([patcher.logits(np.arange(a, a + 2), channels, values[a : a + 2]) for a in (0, 2, 4)])
+    assert patcher.mode == mode
     for j, ch in enumerate(channels.tolist()):
         want = ref.patched_logits(net, x, layer, ch, values[:, j])
         np.testing.assert_allclose(got[:, j].numpy(), want.double().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_scores_through_the_graph_split_equal_plain_forward_passes():
+    """``score`` and Top Impact (optim with gradients through the tail, norm) are the same whether the
+    patcher runs the graph after the layer or plain forward passes of the whole model."""
+    net = _FunctionalResNet().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(12, 3, 32, 32, generator=g)
+    images = lambda rows: x[torch.as_tensor(rows)]  # noqa: E731
+    channels = np.array([1, 4, 6])
+    labels = torch.randint(0, 5, (12,), generator=g)
+    s = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    q = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    mu = q.mean(0)
+    out = {}
+    for mode in ("graph", "full"):
+        p = ablation.ModelPatcher(net, "block.conv2", images, "cpu", 8, 3, n_rows=12)
+        if mode == "full":
+            p.mode = "full"
+        v, t = np.arange(6), np.arange(6, 12)
+        out[mode] = [
+            ablation.score(p, channels, (v, labels[v], s[v], q[v]), (t, labels[t], s[t]), mu, m, 1.1, 3, 0.05)
+            for m in ("optim", "norm")
+        ] + [ablation.top_impact_of(p, np.arange(12), channels, labels, q, (0.1, 0.5), 1.1)]
+        assert p.mode == mode
+    for a, b in zip(out["graph"][:2], out["full"][:2]):
+        for f in ("c", "d", "alpha", "val_objective"):
+            torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-5, atol=1e-7)
+    for a, b in zip(out["graph"][2], out["full"][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_a_neuron_sample_scores_every_ith_channel_as_the_full_run_does(run):
+    """``explain.ablation_neurons: 3`` scores channels 0, 3, 6 of the 8-channel layer1 (model path) and 0,
+    6, 12 of the 16-channel layer2 (fast path), the interval recorded in both tables, with the same scores
+    and Top Impact as the run that scores every neuron."""
+    root, out, _, _ = run
+    spec = make_spec(
+        root,
+        out="sampled",
+        ablation_neurons=3,
+        explainers=["label", TOY],
+        simulator=TOY2,
+        calibrations={TOY: {"a": 10.0, "b": 0.0}, TOY2: {"a": 10.0, "b": 0.0}},
+    )
+    run_audit(spec, runner=LocalRunner())
+    keys = ["layer", "channel", "explainer", "method"]
+    for table, key, cols in (
+        ("ablation_scores", keys, ["c", "d", "alpha", "val_objective", "status", "path"]),
+        ("top_impact", ["layer", "channel", "beta"], ["ti", "total_impact", "path"]),
+    ):
+        got = read_table(root / "sampled", table).sort_by([(k, "ascending") for k in key]).to_pylist()
+        full = {tuple(r[k] for k in key): r for r in read_table(out, table).to_pylist()}
+        expected = {"layer1": ({0, 3, 6}, 3), "layer2": ({0, 6, 12}, 6)}
+        for layer, (channels, _) in expected.items():
+            assert {r["channel"] for r in got if r["layer"] == layer} == channels
+        for r in got:
+            want = full[tuple(r[k] for k in key)]
+            assert r["sample_interval"] == expected[r["layer"]][1] and want["sample_interval"] == 1
+            for c in cols:
+                if isinstance(want[c], float):
+                    np.testing.assert_allclose(r[c], want[c], rtol=1e-4, atol=1e-6, err_msg=c)
+                else:
+                    assert r[c] == want[c], c
+
+
+def test_scored_channels():
+    assert ablation.scored_channels(8, None)[1] == 1
+    assert ablation.scored_channels(8, 8)[0].tolist() == list(range(8))
+    ch, interval = ablation.scored_channels(2048, 100)
+    assert interval == 21 and ch.tolist() == list(range(0, 2048, 21)) and len(ch) <= 100
