@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 from neurodis.io.tables import read_table
 from neurodis.kernels.patch_swap import CONDITIONS, holm
 from neurodis.methods.patch_swap.plan import TESTED
-from neurodis.methods.patch_swap.stats import compare
+from neurodis.methods.patch_swap.stats import TEST_FIELDS, compare
 
 N_BOOT = 2000
 
@@ -66,20 +66,7 @@ def group_effect(means: list[dict[str, float]], seed: int = 0) -> dict[str, Any]
         "n_neurons": len(means),
         "means": {r["condition"]: r["mean_delta_norm"] for r in rows},
         "controls": {
-            c: {
-                k: r[k]
-                for k in (
-                    "n_pairs",
-                    "diff",
-                    "diff_ci_low",
-                    "diff_ci_high",
-                    "t_p",
-                    "wilcoxon_p",
-                    "p_holm",
-                    "p_greater",
-                )
-            }
-            for c, r in controls.items()
+            c: {k: r[k] for k in ("n_pairs", *TEST_FIELDS, "p_greater")} for c, r in controls.items()
         },
         "best_control": best,
         "effect": None if best is None else controls[best]["diff"],

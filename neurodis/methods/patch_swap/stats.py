@@ -21,6 +21,8 @@ from neurodis.pipeline.step import UnitOutput, run_unit
 
 CONTROLS = CONDITIONS[1:]
 LAYER_CHANNEL = -1  # the channel of a layer's rows in patch_swap_summary
+#: the figures of a comparison of aligned with one control, as ``compare`` returns them
+TEST_FIELDS = ("diff", "diff_ci_low", "diff_ci_high", "t_p", "wilcoxon_p", "p_holm")
 
 
 def neuron_statuses(plan: SwapPlan, layer: str) -> dict[int, str]:

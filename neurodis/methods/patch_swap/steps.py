@@ -24,7 +24,7 @@ from neurodis.methods.patch_swap.plan import (
     stats_unit,
 )
 from neurodis.methods.patch_swap.scorer import score_against_truth
-from neurodis.methods.patch_swap.stats import LAYER_CHANNEL, neuron_statuses, stats_task
+from neurodis.methods.patch_swap.stats import LAYER_CHANNEL, TEST_FIELDS, neuron_statuses, stats_task
 from neurodis.methods.patch_swap.worker import SwapWorker
 from neurodis.pipeline.results import count_statuses, fmt, status_phrase, uniform_status_warning
 from neurodis.pipeline.step import Step, Unit
@@ -85,21 +85,7 @@ def layer_results(plan: SwapPlan, layout: RunLayout) -> dict[str, dict[str, Any]
                 key = f"{r['condition']}:{r['status']}"
                 missing[key] = missing.get(key, 0) + 1
         conditions = {
-            r["condition"]: {
-                k: r[k]
-                for k in (
-                    "n",
-                    "mean_delta_norm",
-                    "ci_low",
-                    "ci_high",
-                    "diff",
-                    "diff_ci_low",
-                    "diff_ci_high",
-                    "t_p",
-                    "wilcoxon_p",
-                    "p_holm",
-                )
-            }
+            r["condition"]: {k: r[k] for k in ("n", "mean_delta_norm", "ci_low", "ci_high", *TEST_FIELDS)}
             for r in rows
             if r["layer"] == g.layer and r["channel"] == LAYER_CHANNEL and r["status"] == "ok"
         }
