@@ -281,16 +281,22 @@ def spec_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> AuditSpec:
     """Read a YAML audit spec; ``overrides`` replace top-level keys (e.g. from the CLI)."""
-    import yaml  # local: keeps `import neurodis.config` light
-
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist; pass the path of an audit spec YAML")
+    return spec_from_yaml(p.read_text(), str(p), overrides)
+
+
+def spec_from_yaml(text: str, where: str, overrides: dict[str, Any] | None = None) -> AuditSpec:
+    """Build a spec from YAML text read from ``where`` (named in the errors); ``overrides`` replace
+    top-level keys."""
+    import yaml  # local: keeps `import neurodis.config` light
+
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SpecError(f"spec file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise SpecError(f"spec file {where!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"spec file {str(p)!r} must hold a mapping with model, data, layers, stages, ...")
+        raise SpecError(f"spec file {where!r} must hold a mapping with model, data, layers, stages, ...")
     raw.update(overrides or {})
     return spec_from_dict(raw)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from neurodis.config import AuditSpec, load_spec, spec_from_dict
+from neurodis.config import AuditSpec, load_spec, spec_from_yaml
 from neurodis.io.layout import RunLayout
 from neurodis.io.tables import read_table
 from neurodis.sections import did_you_mean
@@ -24,15 +22,7 @@ def open_run(run_dir: str | Path) -> tuple[RunLayout, AuditSpec]:
 def run_spec(layout: RunLayout) -> AuditSpec:
     """The run's stored spec (its ``spec.yaml``, local or on an object store)."""
     p = layout.spec_path
-    if not p.remote:
-        return load_spec(p.local)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"spec file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"spec file {str(p)!r} must hold a mapping with model, data, layers, stages, ...")
-    return spec_from_dict(raw)
+    return load_spec(p.local) if not p.remote else spec_from_yaml(p.read_text(), str(p))
 
 
 def run_layout(run_dir: str | Path) -> RunLayout:

@@ -45,6 +45,7 @@ from neurodis.methods.le.sources import (
     load_embedder_source,
 )
 from neurodis.methods.le.tables import EXPLANATIONS, LE_CONCEPTS, LE_SPLIT
+from neurodis.models.loading import torch_device
 from neurodis.pipeline.step import UnitOutput, error_text, run_unit
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,7 @@ def load_split(layout: RunLayout) -> dict[int, int]:
 
 
 def device_of(spec: AuditSpec) -> str:
-    want = spec.resources.device
-    return "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+    return torch_device(spec.resources.device).type
 
 
 def probe_records(layout: RunLayout) -> list[ProbeRecord]:

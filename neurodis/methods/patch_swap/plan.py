@@ -27,8 +27,6 @@ SWAP_STEP = "patch_swap"
 STATS_STEP = "patch_swap-stats"
 PURE_CLUSTER_NS = "pure-cluster"  # PURE's clustering namespace (read by name: PURE is not imported)
 
-Box = tuple[int, int, int, int]
-
 
 def swap_unit(layer: str, start: int) -> str:
     return f"swap.{layer}.{start:05d}"

@@ -18,6 +18,8 @@ from neurodis.data.probe import decode
 from neurodis.data.transforms import preprocess
 from neurodis.io.tables import read_table
 from neurodis.kernels.patch_swap import (
+    CONDITIONS,
+    Box,
     Intervention,
     clip_box,
     fill,
@@ -30,7 +32,6 @@ from neurodis.kernels.summaries import site_values
 from neurodis.methods.embed.patches import LayerGeometry, cut, site_square
 from neurodis.methods.patch_swap.plan import (
     STAGE,
-    Box,
     NeuronInput,
     SwapBlock,
     SwapPlan,
@@ -262,7 +263,7 @@ class SwapWorker:
         reads = Reads()
         index: list[tuple[int, list[int]]] = []  # per target: read of the original, reads per intervention
         for n, ivs in planned:
-            n_conditions = 5
+            n_conditions = len(CONDITIONS)
             for t in range(0, len(ivs), n_conditions):
                 site = n.sites[t // n_conditions]
                 key = site.image_id if dedupe else None  # the unmodified image: run once for every neuron
@@ -296,12 +297,13 @@ def _rows(
     rows: list[dict[str, Any]] = []
     k = 0
     for n, ivs in planned:
-        for t in range(0, len(ivs), 5):
-            site, cluster = n.sites[t // 5], n.partition[t // 5]
+        per_target = len(CONDITIONS)
+        for t in range(0, len(ivs), per_target):
+            site, cluster = n.sites[t // per_target], n.partition[t // per_target]
             original, slots = index[k]
             k += 1
             before = float(values[original])
-            for iv, slot in zip(ivs[t : t + 5], slots):
+            for iv, slot in zip(ivs[t : t + per_target], slots):
                 after = float(values[slot]) if slot >= 0 else None
                 delta = None if after is None else after - before
                 norm = None
