@@ -6,9 +6,9 @@ Two paths compute the logits of a model whose neuron ``k`` is replaced by a cons
 - **fast** (a layer followed by global average pooling and a linear head, detected numerically at plan
   time): rank-1 updates of the logits computed from the stored mean activations; no forward pass, CPU
   tasks (``abl.<explainer>.<layer>``, ``ti.<layer>``);
-- **model** (any other layer): the logits of many neurons' ablations in one batch (the images repeated
-  once per neuron, channel ``k`` of block ``k`` replaced); only the network after the layer runs per
-  neuron where the model's ``torch.fx`` graph splits at the layer (skip connections around it included),
+- **model** (any other layer): the logits of many (image, neuron) ablations in one batch (one row of the
+  layer's output per pair, its channel replaced; none for a pair the replacement leaves unchanged); only
+  the network after the layer runs per pair where the model's ``torch.fx`` graph splits at the layer (skip connections around it included),
   else the layer's output is replayed through a hook, else whole forward passes (``ModelPatcher``, the
   choice checked against plain forward passes); GPU actors that load the model once (``AblationWorker``;
   units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
