@@ -8,10 +8,10 @@ Two paths compute the logits of a model whose neuron ``k`` is replaced by a cons
   tasks (``abl.<explainer>.<layer>``, ``ti.<layer>``);
 - **model** (any other layer): the logits of many (image, neuron) ablations in one batch (one row of the
   layer's output per pair, its channel replaced; none for a pair the replacement leaves unchanged); only
-  the network after the layer runs per pair where the model's ``torch.fx`` graph splits at the layer (skip connections around it included),
-  else the layer's output is replayed through a hook, else whole forward passes (``ModelPatcher``, the
-  choice checked against plain forward passes); GPU actors that load the model once (``AblationWorker``;
-  units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
+  the network after the layer runs per pair where the model's ``torch.fx`` graph splits at the layer (skip
+  connections around it included), else the layer's output is replayed through a hook, else whole forward
+  passes (``ModelPatcher``, the choice checked against plain forward passes); GPU actors that load the
+  model once (``AblationWorker``; units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
 
 Both paths feed the same scoring code, and agree where both apply (tested).
 """
@@ -66,7 +66,7 @@ from neurodis.pipeline.step import UnitOutput, run_unit
 log = logging.getLogger(__name__)
 
 FAST_BUDGET = 1 << 22  # logits elements per fast-path tile (rows x neurons x classes)
-CPU_PASS_BYTES = 8 << 20  # layer-output bytes per model-path pass on a CPU (a pass within the caches)
+CPU_PASS_BYTES = 4 << 20  # layer-output bytes per model-path pass on a CPU (a pass within the caches)
 
 
 def scored_channels(n_channels: int, sample: int | None) -> tuple[np.ndarray, int]:
