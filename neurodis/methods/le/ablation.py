@@ -66,7 +66,7 @@ from neurodis.pipeline.step import UnitOutput, run_unit
 log = logging.getLogger(__name__)
 
 FAST_BUDGET = 1 << 22  # logits elements per fast-path tile (rows x neurons x classes)
-CPU_PASS_BYTES = 4 << 20  # layer-output bytes per model-path pass on a CPU (a pass within the caches)
+CPU_PASS_BYTES = 8 << 20  # layer-output bytes per model-path pass on a CPU (a pass within the caches)
 
 
 def scored_channels(n_channels: int, sample: int | None) -> tuple[np.ndarray, int]:
