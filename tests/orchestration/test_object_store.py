@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from neurodis.config import spec_from_dict
+from neurodis.data.probe import BadImageError
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import commit_unit, committed
 from neurodis.io.store import StorePath
@@ -188,8 +189,60 @@ def test_missing_bucket_and_wrong_credentials_fail_at_preflight(tmp_path, s3_buc
     assert "AWS_ACCESS_KEY_ID" in wrong and s3_server["key"] not in wrong and "not-the-secret" not in wrong
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])
     assert _objects(s3_bucket) == []  # nothing was computed or written
-    # a stage that does not run on object storage yet is refused up front, by name
+    # probe images in a missing bucket: one line naming data.root, before any compute
     spec = spec_from_dict(
-        {**_spec_dict(probe, f"{s3_bucket}/run"), "stages": ["forward", "pure"], "pure": {"n_ref": 3}}
+        {
+            **_spec_dict(probe, str(tmp_path / "run")),
+            "data": {"kind": "imagefolder", "root": "s3://no-such-bucket-nd/p"},
+        }
     )
-    assert "stages ['pure']: these do not run on object storage yet" in _first_line_error(spec)
+    no_data = _first_line_error(spec)
+    assert no_data.startswith(
+        "data.root 's3://no-such-bucket-nd/p': bucket 'no-such-bucket-nd' does not exist"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_probe_set_on_s3_lists_decodes_and_fingerprints_like_the_local_folder(tmp_path, s3_bucket):
+    import pyarrow.fs as pafs
+
+    from neurodis.data.probe import decode, fingerprint, list_probe_set
+    from neurodis.sections import DataConfig
+
+    probe = tmp_path / "probe"
+    write_images(probe, per_class=3)
+    (probe / ".hidden").mkdir()
+    write_images(probe / ".hidden", per_class=1)  # hidden folders and files are not probe images
+    (probe / "cat" / "notes.txt").write_text("not an image")
+    store = StorePath.of(f"{s3_bucket}/probe")
+    pafs.copy_files(str(probe), store.key, destination_filesystem=store.fs)
+
+    local = list_probe_set(DataConfig(kind="imagefolder", root=str(probe)))
+    remote = list_probe_set(DataConfig(kind="imagefolder", root=f"{s3_bucket}/probe"))
+    assert len(local) == 6 and [(r.image_id, r.label) for r in remote] == [
+        (r.image_id, r.label) for r in local
+    ]
+    assert [r.path for r in remote] == [r.path.replace(str(probe), f"{s3_bucket}/probe") for r in local]
+    for a, b in zip(local, remote):
+        assert (decode(a.path) == decode(b.path)).all()
+
+    # a manifest on the store with relative paths (and one absolute URI) names the same images
+    rel = [r.path[len(str(probe)) + 1 :] for r in local]
+    rows = (
+        "path,label\n"
+        + "".join(f"{p},{r.label}\n" for p, r in zip(rel[:-1], local))
+        + f"{remote[-1].path},dog\n"
+    )
+    StorePath.of(f"{s3_bucket}/probe/manifest.csv").write_text(rows)
+    listed = list_probe_set(DataConfig(kind="manifest", manifest=f"{s3_bucket}/probe/manifest.csv"))
+    assert [r.path for r in listed] == [r.path for r in remote]
+
+    # the fingerprint follows the objects: rewriting one image changes it, an unchanged store keeps it
+    before = fingerprint(remote)
+    assert fingerprint(list_probe_set(DataConfig(kind="imagefolder", root=f"{s3_bucket}/probe"))) == before
+    StorePath.of(remote[0].path).write_bytes(StorePath.of(remote[1].path).read_bytes() + b"\0")
+    assert fingerprint(remote) != before
+    # an object that is not an image is a bad image, not a crash
+    StorePath.of(remote[2].path).write_bytes(b"not a png")
+    with pytest.raises(BadImageError):
+        decode(remote[2].path)
