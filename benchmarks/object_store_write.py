@@ -3,9 +3,11 @@
 Starts moto's standalone S3 server on 127.0.0.1 (``pip install 'moto[server]'``), then runs the forward
 stage (in-process runner, same probe set, same spec) into a local folder, into ``s3://bench/run``, and
 into ``s3://bench/run-images`` with the probe images read from ``s3://bench/probe`` too, and times each
-(the tables of all three are checked equal). Then it rewrites every committed forward table file of
-the local run through the commit path's writer to each target (``write_parquet_atomic``: temp file +
-fsync + rename locally, one PUT on the store), which isolates write throughput from compute.
+(the tables of all three are checked equal). It reads and decodes every probe image from the store one
+download at a time and with the forward stage's window of 16 downloads ahead. Then it rewrites every
+committed forward table file of the local run through the commit path's writer to each target
+(``write_parquet_atomic``: temp file + fsync + rename locally, one PUT on the store), which isolates
+write throughput from compute.
 
     python benchmarks/object_store_write.py [--images 256] [--repeat 3]
 
@@ -31,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from neurodis.config import spec_from_dict
+from neurodis.data.probe import decoders, list_probe_set
 from neurodis.io.atomic import write_parquet_atomic
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
@@ -118,6 +121,13 @@ def main() -> None:
             for t in ("references", "neurons", "activations"):
                 for run in ("s3://bench/run", "s3://bench/run-images"):
                     assert read_table(run, t).equals(read_table(Path(tmp) / "local", t)), (run, t)
+            uris = [r.path for r in list_probe_set(spec("unused", "s3://bench/probe").data)]
+            read = {}
+            for ahead in (1, 16):  # 1: one download at a time; 16: the forward stage's window
+                t0 = time.perf_counter()
+                for call in decoders(uris, ahead=ahead):
+                    call()
+                read[ahead] = time.perf_counter() - t0
             layout = RunLayout(Path(tmp) / "local")
             files = [
                 (name, layout.root / rel)
@@ -146,9 +156,8 @@ def main() -> None:
         "images": args.images,
         "forward_stage_s": {k: round(v, 3) for k, v in stage.items()},
         "forward_stage_s3_vs_local": round(stage["s3"] / stage["local"], 3),
-        "forward_stage_s3_with_images_on_s3_vs_local": round(
-            stage["s3_with_images_on_s3"] / stage["local"], 3
-        ),
+        "forward_stage_images_on_s3_vs_local": round(stage["s3_with_images_on_s3"] / stage["local"], 3),
+        "read_and_decode_images_s": {f"ahead_{k}": round(v, 3) for k, v in read.items()},
         "files": len(tables),
         "bytes": nbytes,
         "write_s": {k: round(v, 4) for k, v in write.items()},

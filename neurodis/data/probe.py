@@ -10,7 +10,9 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,26 +183,68 @@ def _remote_stats(paths: list[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _open_image(path: str) -> Any:
-    """``PIL.Image.open`` of a local path, or of the bytes of an object on a store."""
+def _open_image(path: str, data: bytes | None = None) -> Any:
+    """``PIL.Image.open`` of a local path, or of the bytes of an object on a store (``data``: those
+    bytes, already fetched)."""
     from PIL import Image
 
     if _on_store(path):
-        return Image.open(io.BytesIO(input_path(path).read_bytes()))
+        return Image.open(io.BytesIO(input_path(path).read_bytes() if data is None else data))
     return Image.open(path)
 
 
-def decode(path: str) -> np.ndarray:
-    """RGB ``uint8 [H, W, 3]`` pixels of one probe image (a local path or a URI); raises
-    ``BadImageError`` with the reason."""
+def decode(path: str, data: bytes | None = None) -> np.ndarray:
+    """RGB ``uint8 [H, W, 3]`` pixels of one probe image (a local path or a URI; ``data``: the object's
+    bytes when already fetched); raises ``BadImageError`` with the reason."""
     if path.startswith(SYNTHETIC_SCHEME):
         return synthetic_source().render(*parse_path(path))
     from PIL import UnidentifiedImageError
 
     try:
-        with _open_image(path) as im:
+        with _open_image(path, data) as im:
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BadImageError(f"{type(e).__name__}: {msg}") from None
+        raise _bad(e) from None
+
+
+def _bad(e: BaseException) -> BadImageError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return BadImageError(f"{type(e).__name__}: {msg}")
+
+
+def _fetch(path: str) -> bytes | OSError:
+    try:
+        return input_path(path).read_bytes()
+    except OSError as e:
+        return e
+
+
+def decoders(paths: Iterable[str], ahead: int = 16) -> Iterator[Callable[[], np.ndarray]]:
+    """For each path in order, a call that returns its pixels or raises ``BadImageError`` (as
+    ``decode``). Images on an object store are downloaded up to ``ahead`` images in advance by a pool
+    of threads, so a worker does not wait one request's latency per image; local paths are read when
+    called."""
+    window: deque[tuple[str, Future[bytes | OSError] | None]] = deque()
+
+    def call(path: str, fetched: Future[bytes | OSError] | None) -> Callable[[], np.ndarray]:
+        if fetched is None:
+            return lambda: decode(path)
+
+        def run() -> np.ndarray:
+            data = fetched.result()
+            if isinstance(data, OSError):
+                raise BadImageError(
+                    f"{type(data).__name__}: {str(data).splitlines()[0] if str(data) else ''}"
+                )
+            return decode(path, data)
+
+        return run
+
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="neurodis-fetch") as pool:
+        for path in paths:
+            window.append((path, pool.submit(_fetch, path) if _on_store(path) else None))
+            if len(window) > ahead:
+                yield call(*window.popleft())
+        while window:
+            yield call(*window.popleft())

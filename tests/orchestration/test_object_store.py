@@ -206,7 +206,7 @@ def test_missing_bucket_and_wrong_credentials_fail_at_preflight(tmp_path, s3_buc
 def test_probe_set_on_s3_lists_decodes_and_fingerprints_like_the_local_folder(tmp_path, s3_bucket):
     import pyarrow.fs as pafs
 
-    from neurodis.data.probe import decode, fingerprint, list_probe_set
+    from neurodis.data.probe import decode, decoders, fingerprint, list_probe_set
     from neurodis.sections import DataConfig
 
     probe = tmp_path / "probe"
@@ -242,7 +242,18 @@ def test_probe_set_on_s3_lists_decodes_and_fingerprints_like_the_local_folder(tm
     assert fingerprint(list_probe_set(DataConfig(kind="imagefolder", root=f"{s3_bucket}/probe"))) == before
     StorePath.of(remote[0].path).write_bytes(StorePath.of(remote[1].path).read_bytes() + b"\0")
     assert fingerprint(remote) != before
-    # an object that is not an image is a bad image, not a crash
+    # an object that is not an image, or is gone, is a bad image, not a crash; the prefetching reader
+    # (downloads ahead on threads) gives what decode gives, in order
     StorePath.of(remote[2].path).write_bytes(b"not a png")
-    with pytest.raises(BadImageError):
-        decode(remote[2].path)
+    StorePath.of(remote[3].path).unlink()
+    for bad in remote[2:4]:
+        with pytest.raises(BadImageError):
+            decode(bad.path)
+    calls = list(decoders([r.path for r in remote], ahead=2))
+    assert len(calls) == len(remote)
+    for i, (call, r) in enumerate(zip(calls, remote)):
+        if i in (2, 3):
+            with pytest.raises(BadImageError):
+                call()
+        else:
+            assert (call() == decode(r.path)).all()
