@@ -257,3 +257,30 @@ def test_probe_set_on_s3_lists_decodes_and_fingerprints_like_the_local_folder(tm
                 call()
         else:
             assert (call() == decode(r.path)).all()
+
+
+def test_checkpoint_on_s3_loads_the_saved_weights(s3_bucket):
+    import io
+
+    import torch
+
+    from neurodis.models.loading import load_model
+    from neurodis.models.tiny import tiny_cnn
+    from neurodis.sections import ModelConfig
+
+    trained = tiny_cnn()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    buf = io.BytesIO()
+    torch.save({"epoch": 3, "model_state_dict": trained.state_dict()}, buf)
+    StorePath.of(f"{s3_bucket}/ckpt/w.pt").write_bytes(buf.getvalue())
+    model = load_model(ModelConfig(arch="neurodis.models.tiny:tiny_cnn", checkpoint=f"{s3_bucket}/ckpt/w.pt"))
+    for k, v in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    with pytest.raises(SpecError) as e:
+        load_model(ModelConfig(arch="neurodis.models.tiny:tiny_cnn", checkpoint=f"{s3_bucket}/ckpt/gone.pt"))
+    assert (
+        str(e.value)
+        == f"model.checkpoint '{s3_bucket}/ckpt/gone.pt' does not exist; fix the path or leave checkpoint out"
+    )
