@@ -1,32 +1,26 @@
-"""Run directories on an object store: a real S3-API server on 127.0.0.1 (``s3_server``), reached
-through the real client path (pyarrow's S3 filesystem, credentials and endpoint from the standard AWS
-environment variables). The oracle is a local run of the same spec."""
+"""Run directories, probe images and checkpoints on an object store: a real S3-API server on 127.0.0.1
+(``s3_server``), reached through the real client path (pyarrow's S3 filesystem, credentials and
+endpoint from the standard AWS environment variables). Whole audits on the store (every method, on Ray,
+killed workers and a killed driver) are in ``tests/pipeline/test_method_invariants.py``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from neurodis.config import spec_from_dict
 from neurodis.data.probe import BadImageError
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import commit_unit, committed
 from neurodis.io.store import StorePath
-from neurodis.io.tables import read_table
-from neurodis.orchestration.audit import run_audit, stage_status
-from neurodis.orchestration.runners import LocalRunner, RayRunner
+from neurodis.orchestration.audit import run_audit
+from neurodis.orchestration.runners import LocalRunner
 from neurodis.types import SpecError
-from tests.conftest import s3_env, write_images
-
-TABLES = ("references", "neurons", "images", "rejects", "activations")
+from tests.conftest import write_images
 
 
 def _spec_dict(probe: Path, out: str) -> dict:
@@ -39,15 +33,6 @@ def _spec_dict(probe: Path, out: str) -> dict:
     }
 
 
-@pytest.fixture()
-def local_run(tmp_path: Path) -> tuple[Path, Path]:
-    """A probe folder (16 images: 4 shards) and a local run of it, the oracle."""
-    probe = tmp_path / "probe"
-    write_images(probe, per_class=8)
-    run_audit(spec_from_dict(_spec_dict(probe, str(tmp_path / "local"))), runner=LocalRunner())
-    return probe, tmp_path / "local"
-
-
 def _objects(uri: str) -> list[str]:
     import pyarrow.fs as pafs
 
@@ -57,89 +42,6 @@ def _objects(uri: str) -> list[str]:
     return sorted(
         i.path[len(root.key) + 1 :] for i in root.fs.get_file_info(sel) if i.type == pafs.FileType.File
     )
-
-
-@pytest.mark.ray
-def test_ray_audit_into_s3_with_killed_workers_and_leftovers_equals_a_local_run(
-    tmp_path, local_run, s3_bucket, s3_server, ray_session, caplog
-):
-    probe, local = local_run
-    uri = f"{s3_bucket}/runs/a"
-    # leftovers of a failed attempt under the prefix: a table file no manifest names (garbage bytes,
-    # it must never be read) and an unreadable manifest (the unit counts as not committed)
-    StorePath.of(f"{uri}/activations/forward-shard-00000.0123456789ab.parquet").write_bytes(b"half-written")
-    StorePath.of(f"{uri}/_manifests/forward/shard-00002.json").write_bytes(b'{"stage": "forw')
-    StorePath.of(f"{uri}/_tmp/.x.tmp").write_bytes(b"junk")
-    marker = tmp_path / "fired"
-    runner = RayRunner(
-        env_vars={
-            **s3_env(s3_server),  # what every node of a cluster holds in its environment
-            # one worker dies as a unit starts, another after writing a unit's files but before its manifest
-            "NEURODIS_FAULT_EXIT_UNIT": "forward/shard-00001",
-            "NEURODIS_FAULT_EXIT_COMMIT": "forward/shard-00003",
-            "NEURODIS_FAULT_MARKER": str(marker),
-        }
-    )
-    caplog.set_level("DEBUG")
-    summary = run_audit(spec_from_dict(_spec_dict(probe, uri)), runner=runner)
-    assert (marker / "0").read_text() == "forward/shard-00001"
-    assert (marker / "commit-0").read_text() == "forward/shard-00003"
-    assert summary["status"] == "complete" and summary["run_dir"] == uri
-    for t in TABLES:
-        assert read_table(uri, t).equals(read_table(local, t)), t
-    objects = _objects(uri)
-    assert "activations/forward-shard-00000.0123456789ab.parquet" not in objects  # deleted at the start
-    assert not any(o.startswith("_tmp/") for o in objects)
-    # the killed commit left files of shard 3 that no manifest names: on the store, never read
-    layout = RunLayout(uri)
-    named = {f for m in committed(layout, "forward").values() for f in m.files.values()}
-    orphans = [o for o in objects if o.startswith("activations/") and o not in named]
-    assert len(orphans) == 1 and "shard-00003" in orphans[0]
-    # no local folder was made for the URI, and no credential reached summary.json or the log
-    assert not Path("s3:").exists() and not Path(uri.split("://")[1]).exists()
-    text = StorePath.of(f"{uri}/summary.json").read_text() + caplog.text
-    assert s3_server["secret"] not in text and s3_server["key"] not in text
-    # status, explain and diff read the run on the store
-    assert stage_status(uri)["forward"]["pending"] == 0
-    from neurodis.methods.le.report import explain_report
-
-    assert explain_report(uri, "layer1/0").replace(uri, "RUN") == explain_report(local, "layer1/0").replace(
-        str(local), "RUN"
-    )
-    from neurodis.tools.diff import diff_runs
-
-    d = diff_runs(uri, local, tmp_path / "diff")
-    rows = pq.read_table(tmp_path / "diff" / "neuron_diff.parquet").to_pylist()
-    assert rows and all(r["reference_overlap"] == 1.0 and not r["newly_dead"] for r in rows), d
-
-
-def test_driver_killed_mid_stage_on_s3_resumes_to_identical_tables(tmp_path, local_run, s3_bucket, s3_server):
-    probe, local = local_run
-    uri = f"{s3_bucket}/runs/crash"
-    spec = tmp_path / "crash.yaml"
-    spec.write_text(yaml.safe_dump(_spec_dict(probe, uri)))
-    env = {**os.environ, **s3_env(s3_server)}
-
-    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "neurodis.cli", *args],
-            capture_output=True,
-            text=True,
-            env={**env, **extra},
-            timeout=300,
-        )
-
-    killed = cli("audit", str(spec), "--local", NEURODIS_FAULT_KILL_DRIVER_AFTER="2")
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    status = cli("status", uri)
-    assert "forward: 3 committed, 4 pending" in status.stdout, status.stdout + status.stderr
-    resumed = cli("audit", str(spec), "--local")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "2 shards computed this run" in resumed.stdout
-    for t in TABLES:
-        assert read_table(uri, t).equals(read_table(local, t)), t
-    for text in (killed.stderr, killed.stdout, resumed.stdout, resumed.stderr, status.stdout):
-        assert s3_server["secret"] not in text and s3_server["key"] not in text
 
 
 def test_concurrent_attempts_at_one_unit_commit_one_consistent_set(s3_bucket):

@@ -6,8 +6,11 @@ agrees with the plan the driver recorded. A method added to the registry without
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -189,10 +192,10 @@ class _CountingRunner(LocalRunner):
 
 @pytest.fixture(scope="module")
 def s3_runs(runs, s3_server):
-    """On the store: the probe images (``data.root``), the run directories and the cache. (1) On Ray with
-    a worker of every method killed as a unit starts and two killed after writing a unit's files but
-    before its manifest; (2) the CLI's driver SIGKILLed mid-run (in the PURE steps), then resumed;
-    (3) a third run from the cache alone."""
+    """On the store: the probe images (``data.root``), the run directories and the cache. (1) On Ray, into
+    a prefix holding leftovers of a failed attempt, with a worker of every method killed as a unit starts
+    and two killed after writing a unit's files but before its manifest; (2) the CLI's driver SIGKILLed
+    after six units, its status read by the CLI, then resumed; (3) a third run from the cache alone."""
     import boto3
     import pyarrow.fs as pafs
 
@@ -219,9 +222,23 @@ def s3_runs(runs, s3_server):
                 "NEURODIS_FAULT_MARKER": str(marker),
             }
         )
-        ray_run = run_audit(
-            _spec(root, f"{store}/ray", **on_store, cache_dir=f"{store}/cache"), runner=runner
-        )
+        # leftovers of a failed attempt: a table file no manifest names (garbage bytes, never to be
+        # read), an unreadable manifest (its unit counts as not committed) and a temp file
+        leftovers = ("activations/forward-shard-00000.0123456789ab.parquet", "_tmp/.x.tmp")
+        for rel in leftovers:
+            StorePath.of(f"{store}/ray/{rel}").write_bytes(b"half-written")
+        StorePath.of(f"{store}/ray/_manifests/forward/shard-00002.json").write_bytes(b'{"stage": "forw')
+        log, logger = io.StringIO(), logging.getLogger()
+        handler, level = logging.StreamHandler(log), logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        try:
+            ray_run = run_audit(
+                _spec(root, f"{store}/ray", **on_store, cache_dir=f"{store}/cache"), runner=runner
+            )
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
         fired = {kills[int(p.name)] for p in marker.iterdir() if p.name.isdigit()}
         fired |= {commits[int(p.name.split("-")[1])] for p in marker.glob("commit-*")}
 
@@ -239,6 +256,7 @@ def s3_runs(runs, s3_server):
 
         killed = cli("audit", str(spec_file), "--local", NEURODIS_FAULT_KILL_DRIVER_AFTER="6")
         status = stage_status(f"{store}/crash")
+        status_cli = cli("status", f"{store}/crash")
         resumed = cli("audit", str(spec_file), "--local")
         counting = _CountingRunner()
         cached = run_audit(
@@ -249,6 +267,9 @@ def s3_runs(runs, s3_server):
             "ray": ray_run,
             "fired": fired,
             "cli": (killed, status, resumed),
+            "status_cli": status_cli,
+            "leftovers": leftovers,
+            "log": log.getvalue(),
             "cached": cached,
             "cached_items": counting.items,
         }
@@ -332,3 +353,45 @@ def test_on_s3_report_reads_the_run_and_its_images_from_the_store(runs, s3_runs,
             differ.append(str(name))
     # the overview states the stage wall times of each run, which differ; every other file is the same
     assert set(differ) <= {"index.html"}, differ
+
+
+@pytest.mark.ray
+def test_on_s3_leftovers_are_cleared_and_no_credential_is_written(runs, s3_runs, s3_server):
+    objects = {
+        str(p.relative_to(StorePath.of(f"{s3_runs['store']}/ray"))) for p in _files(f"{s3_runs['store']}/ray")
+    }
+    assert not set(s3_runs["leftovers"]) & objects  # deleted at the start of the audit
+    assert "_manifests/forward/shard-00002.json" in objects  # the unit was redone and committed
+    texts = [StorePath.of(f"{s3_runs['store']}/{run}/summary.json").read_text() for run in ("ray", "crash")]
+    texts += [s3_runs["log"], s3_runs["status_cli"].stdout, s3_runs["status_cli"].stderr]
+    assert s3_runs["log"]  # the audit did log
+    for text in texts:
+        assert s3_server["secret"] not in text and s3_server["key"] not in text
+
+
+@pytest.mark.ray
+def test_on_s3_status_explain_and_diff_read_the_run(runs, s3_runs, tmp_path):
+    import pyarrow.parquet as pq
+
+    from neurodis.methods.le.report import explain_report
+    from neurodis.tools.diff import diff_runs
+
+    status = s3_runs["status_cli"]
+    assert status.returncode == 0 and re.search(r"\d+ committed, [1-9]\d* pending", status.stdout), status
+    uri, local = f"{s3_runs['store']}/ray", runs["root"] / "clean"
+    for neuron in ("layer1/0", "layer2/3"):
+        assert explain_report(uri, neuron).replace(uri, "RUN") == explain_report(local, neuron).replace(
+            str(local), "RUN"
+        )
+    d = diff_runs(uri, f"{s3_runs['store']}/crash", tmp_path / "diff")  # both runs on the store
+    rows = pq.read_table(tmp_path / "diff" / "neuron_diff.parquet").to_pylist()
+    assert len(rows) == 24 and all(r["reference_overlap"] == 1.0 and not r["newly_dead"] for r in rows), d
+
+
+def _files(uri: str) -> list[StorePath]:
+    import pyarrow.fs as pafs
+
+    root = StorePath.of(uri)
+    assert root.fs is not None
+    infos = root.fs.get_file_info(pafs.FileSelector(root.key, recursive=True, allow_not_found=True))
+    return [StorePath(root.fs, i.path, root.scheme) for i in infos if i.type == pafs.FileType.File]
