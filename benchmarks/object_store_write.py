@@ -1,10 +1,13 @@
 """Forward-stage writes to an S3-API server on this machine vs the local filesystem.
 
 Starts moto's standalone S3 server on 127.0.0.1 (``pip install 'moto[server]'``), then runs the forward
-stage (in-process runner, same probe set, same spec) once into a local folder and once into
-``s3://bench/run``, and times it. Then it rewrites every committed forward table file of the local run
-through the commit path's writer to each target (``write_parquet_atomic``: temp file + fsync + rename
-locally, one PUT on the store), which isolates write throughput from compute.
+stage (in-process runner, same probe set, same spec) into a local folder, into ``s3://bench/run``, and
+into ``s3://bench/run-images`` with the probe images read from ``s3://bench/probe`` too, and times each
+(the tables of all three are checked equal). It reads and decodes every probe image from the store one
+download at a time and with the forward stage's window of 16 downloads ahead. Then it rewrites every
+committed forward table file of the local run through the commit path's writer to each target
+(``write_parquet_atomic``: temp file + fsync + rename locally, one PUT on the store), which isolates
+write throughput from compute.
 
     python benchmarks/object_store_write.py [--images 256] [--repeat 3]
 
@@ -30,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from neurodis.config import spec_from_dict
+from neurodis.data.probe import decoders, list_probe_set
 from neurodis.io.atomic import write_parquet_atomic
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
@@ -89,11 +93,16 @@ def main() -> None:
             probe = Path(tmp) / "probe"
             make_images(probe, args.images)
 
-            def spec(out: str):  # type: ignore[no-untyped-def]
+            import pyarrow.fs as pafs
+
+            store = StorePath.of("s3://bench")
+            pafs.copy_files(str(probe), "bench/probe", destination_filesystem=store.fs)
+
+            def spec(out: str, images: str):  # type: ignore[no-untyped-def]
                 return spec_from_dict(
                     {
                         "model": {"arch": "neurodis.models.tiny:tiny_cnn"},
-                        "data": {"kind": "imagefolder", "root": str(probe)},
+                        "data": {"kind": "imagefolder", "root": images},
                         "layers": ["layer1", "layer2.0", "layer2"],
                         "forward": {"top_k": 20, "batch_size": 32, "shard_size": 32},
                         "output": out,
@@ -101,12 +110,24 @@ def main() -> None:
                 )
 
             stage = {}
-            for name, out in (("local", str(Path(tmp) / "local")), ("s3", "s3://bench/run")):
+            for name, out, images in (
+                ("local", str(Path(tmp) / "local"), str(probe)),
+                ("s3", "s3://bench/run", str(probe)),
+                ("s3_with_images_on_s3", "s3://bench/run-images", "s3://bench/probe"),
+            ):
                 t0 = time.perf_counter()
-                run_audit(spec(out), runner=LocalRunner())
+                run_audit(spec(out, images), runner=LocalRunner())
                 stage[name] = time.perf_counter() - t0
             for t in ("references", "neurons", "activations"):
-                assert read_table("s3://bench/run", t).equals(read_table(Path(tmp) / "local", t)), t
+                for run in ("s3://bench/run", "s3://bench/run-images"):
+                    assert read_table(run, t).equals(read_table(Path(tmp) / "local", t)), (run, t)
+            uris = [r.path for r in list_probe_set(spec("unused", "s3://bench/probe").data)]
+            read = {}
+            for ahead in (1, 16):  # 1: one download at a time; 16: the forward stage's window
+                t0 = time.perf_counter()
+                for call in decoders(uris, ahead=ahead):
+                    call()
+                read[ahead] = time.perf_counter() - t0
             layout = RunLayout(Path(tmp) / "local")
             files = [
                 (name, layout.root / rel)
@@ -135,6 +156,8 @@ def main() -> None:
         "images": args.images,
         "forward_stage_s": {k: round(v, 3) for k, v in stage.items()},
         "forward_stage_s3_vs_local": round(stage["s3"] / stage["local"], 3),
+        "forward_stage_images_on_s3_vs_local": round(stage["s3_with_images_on_s3"] / stage["local"], 3),
+        "read_and_decode_images_s": {f"ahead_{k}": round(v, 3) for k, v in read.items()},
         "files": len(tables),
         "bytes": nbytes,
         "write_s": {k: round(v, 4) for k, v in write.items()},

@@ -19,8 +19,8 @@ import time
 from torch import nn
 
 from neurodis.config import AuditSpec
-from neurodis.data.probe import check_readable, list_probe_set
-from neurodis.io.store import REMOTE_STAGES, is_remote, storage_problem
+from neurodis.data.probe import check_readable, data_key, list_probe_set
+from neurodis.io.store import storage_problem
 from neurodis.models.layers import LayerInfo, discover_layers, layer_problems
 from neurodis.models.loading import load_model, resolve_preprocess
 from neurodis.pipeline.method import SpecInputs
@@ -64,7 +64,8 @@ def _layers(model: nn.Module, cfg: ModelConfig, size: int) -> list[LayerInfo]:
 
 def storage_problems(spec: AuditSpec, out: str | os.PathLike[str] | None = None) -> list[str]:
     """The run directory and cache on an object store: reachable with this environment's credentials,
-    the bucket there, a test object written and deleted; stages that run there; probe images local."""
+    the bucket there, a test object written and deleted; probe images (or their manifest) on a store:
+    the bucket there and listable."""
     output = str(out or spec.output)
     problems = [
         p
@@ -73,18 +74,12 @@ def storage_problems(spec: AuditSpec, out: str | os.PathLike[str] | None = None)
         for p in [storage_problem(key, str(loc))]
         if p
     ]
-    if any(is_remote(str(loc)) for loc in (output, spec.cache_dir) if loc):
-        other = [s for s in spec.stages if s not in REMOTE_STAGES]
-        if other:
-            problems.append(
-                f"stages {other}: these do not run on object storage yet (they do: {sorted(REMOTE_STAGES)}); "
-                "write this run to a local or shared folder (output, cache_dir)"
-            )
-    if is_remote(str(spec.data.root)):
-        problems.append(
-            f"data.root {spec.data.root!r}: probe images on object storage are not read yet; copy them to "
-            "a folder every node can read and set data.root to it"
-        )
+    if spec.data.kind != "synthetic":
+        key = data_key(spec.data)
+        loc = spec.data.manifest or spec.data.root if spec.data.kind == "manifest" else spec.data.root
+        problem = storage_problem(key, str(loc or ""), write=False)
+        if problem:
+            problems.append(problem)
     return problems
 
 

@@ -269,9 +269,76 @@ def open_dataset_paths(paths: list[StorePath]) -> tuple[list[str], Any]:
     return [p.key for p in paths], paths[0].fs
 
 
-# Stages whose every file goes through this module, tested against an S3 server. Others still use
-# local-only file calls somewhere; the preflight refuses them for a run on an object store.
-REMOTE_STAGES = frozenset({"forward"})
+# -- inputs by URI (probe images, manifests, annotation files) -------------------------------------
+
+_STORE_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+_INPUT_FS: dict[tuple[str, ...], tuple[pafs.FileSystem, str]] = {}
+
+
+def input_path(location: str | os.PathLike[str]) -> StorePath:
+    """``StorePath.of`` for files read many times by one process (one probe image after another): the
+    filesystem of a bucket is made once per process and environment, not once per file."""
+    text = os.fspath(location)
+    if not is_remote(text):
+        return StorePath.of(text)
+    scheme, rest = text.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    cache_key = (scheme, bucket, *(os.environ.get(v, "") for v in _STORE_ENV))
+    hit = _INPUT_FS.get(cache_key)
+    if hit is None:
+        hit = _INPUT_FS[cache_key] = _filesystem(f"{scheme}://{bucket}")
+    fs, root = hit
+    return StorePath(fs, f"{root.rstrip('/')}/{key}" if key else root, scheme)
+
+
+def join_input(base: str | os.PathLike[str], rel: str) -> str:
+    """``rel`` as named by a file in folder ``base``: a URI or an absolute path as it is, else below
+    ``base`` (a local folder or a URI)."""
+    if is_remote(rel) or os.path.isabs(rel):
+        return rel
+    if is_remote(base):
+        return f"{str(base).rstrip('/')}/{rel}"
+    return str(Path(base) / rel)
+
+
+def normalized(location: str) -> str:
+    """A key to match one file named two ways: URIs as they are, local paths absolute and normalised."""
+    return location if is_remote(location) else os.path.normpath(os.path.abspath(location))
+
+
+def list_files(root: StorePath) -> Iterator[tuple[str, int, int]]:
+    """Every file below the folder ``root`` (recursive): ``(location, size, mtime_ns)``, the location a
+    local path or a URI. One listing request per 1,000 objects on an object store."""
+    if root.fs is None:
+        for dirpath, dirnames, filenames in os.walk(root.local):
+            dirnames.sort()
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                st = os.stat(full)
+                yield full, st.st_size, st.st_mtime_ns
+        return
+    for info in root.fs.get_file_info(pafs.FileSelector(root.key, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            mtime = info.mtime_ns if info.mtime_ns is not None else -1
+            yield f"{root.scheme}://{info.path}", int(info.size or 0), int(mtime)
+
+
+def read_table_file(location: str | os.PathLike[str]) -> pa.Table:
+    """A CSV or Parquet file (by its suffix) from a local path or a URI."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    path = StorePath.of(location)
+    data = pa.BufferReader(path.read_bytes())
+    return pq.read_table(data) if path.suffix.lower() in (".parquet", ".pq") else pcsv.read_csv(data)
 
 
 def _store_error(e: BaseException) -> str:
@@ -287,11 +354,12 @@ _CREDENTIALS = (
 )
 
 
-def storage_problem(key: str, location: str) -> str | None:
-    """One line when ``location`` is on an object store that this process cannot write: the URI does
-    not resolve, the credentials are refused, the bucket is missing, or a test write fails. Local
-    paths: None (their folders are created as needed). The line names the key and the fix and holds
-    no credential (pyarrow's errors name the bucket and the error code, never a key)."""
+def storage_problem(key: str, location: str, write: bool = True) -> str | None:
+    """One line when ``location`` is on an object store that this process cannot write (``write``) or
+    read: the URI does not resolve, the credentials are refused, the bucket is missing, or a test write
+    (a listing, to read) fails. Local paths: None (their folders are created as needed, inputs are
+    checked where they are read). The line names the key and the fix and holds no credential
+    (pyarrow's errors name the bucket and the error code, never a key)."""
     if not is_remote(location):
         return None
     try:
@@ -305,8 +373,11 @@ def storage_problem(key: str, location: str) -> str | None:
     try:
         if root.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             return f"{key} {location!r}: bucket {bucket!r} does not exist; create it or fix the bucket name"
-        probe.write_bytes(b"")
-        probe.unlink(missing_ok=True)
+        if write:
+            probe.write_bytes(b"")
+            probe.unlink(missing_ok=True)
+        else:
+            root.fs.get_file_info(pafs.FileSelector(root.key, allow_not_found=True))
     except OSError as e:
         return f"{key} {location!r}: the store refused access ({_store_error(e)}); {_CREDENTIALS}"
     return None

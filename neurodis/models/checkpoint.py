@@ -13,7 +13,9 @@ A file holding pickled Python objects (``torch.save(model)``) is refused, never 
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import pickle
 import re
 from collections import Counter, OrderedDict
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurodis.io.store import StorePath, storage_problem
 from neurodis.types import SpecError
 
 log = logging.getLogger(__name__)
@@ -34,10 +37,13 @@ SAVE_HINT = "save model.state_dict() with torch.save"
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, arch: str) -> None:
-    """Load the weights in ``path`` into ``model``; every failure is one line naming the fix (the model
-    is then left partly loaded: discard it)."""
-    p = Path(path)
+    """Load the weights in ``path`` (a local file or a URI on an object store) into ``model``; every
+    failure is one line naming the fix (the model is then left partly loaded: discard it)."""
+    p = StorePath.of(os.path.expanduser(os.fspath(path)))
     where = f"model.checkpoint {str(p)!r}"
+    problem = storage_problem("model.checkpoint", str(p), write=False) if p.remote else None
+    if problem:
+        raise SpecError(problem)
     if not p.is_file():
         raise SpecError(f"{where} does not exist; fix the path or leave checkpoint out")
     state, inside = find_state_dict(read_checkpoint(p), where)
@@ -75,12 +81,13 @@ def _key_counts(missing: list[str], unexpected: list[str]) -> list[str]:
     return parts
 
 
-def read_checkpoint(p: Path) -> Any:
-    """``torch.load(p, weights_only=True)``; a refusal or unreadable file is a ``SpecError`` carrying the
-    whole reason."""
+def read_checkpoint(p: Path | StorePath) -> Any:
+    """``torch.load(p, weights_only=True)`` (an object on a store read into memory first); a refusal or
+    unreadable file is a ``SpecError`` carrying the whole reason."""
     where = f"model.checkpoint {str(p)!r}"
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        source = io.BytesIO(p.read_bytes()) if isinstance(p, StorePath) and p.remote else os.fspath(p)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = unpickler_reason(str(e))
         if "GLOBAL" in reason:

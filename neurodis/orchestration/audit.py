@@ -9,6 +9,7 @@ only; bulk data stays in the workers and the Parquet tables.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -190,6 +191,18 @@ def run_step(step: Step, spec: AuditSpec, runner: Runner, overwrite: bool) -> li
     return _collect(results, step, names)
 
 
+def _with_cache(step: Step, layout: RunLayout) -> Step:
+    """``step`` with the audit's cache where its units commit into the run directory itself (plans
+    name the run by its folder alone)."""
+    if (
+        step.layout.cache is not None
+        or layout.cache is None
+        or step.layout.root.resolve() != layout.root.resolve()
+    ):
+        return step
+    return dataclasses.replace(step, layout=layout)
+
+
 def run_method(
     method: Method, spec: AuditSpec, layout: RunLayout, runner: Runner, overwrite: bool
 ) -> dict[str, Any]:
@@ -206,7 +219,7 @@ def run_method(
                 names.append(step.name)
             counts = []
             for step in group:
-                out = run_step(step, spec, runner, overwrite)
+                out = run_step(_with_cache(step, layout), spec, runner, overwrite)
                 results += out
                 counts.append(len(out))
             planned = plan.send(tuple(counts) if isinstance(planned, tuple) else counts[0])

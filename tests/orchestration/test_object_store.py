@@ -1,31 +1,26 @@
-"""Run directories on an object store: a real S3-API server on 127.0.0.1 (``s3_server``), reached
-through the real client path (pyarrow's S3 filesystem, credentials and endpoint from the standard AWS
-environment variables). The oracle is a local run of the same spec."""
+"""Run directories, probe images and checkpoints on an object store: a real S3-API server on 127.0.0.1
+(``s3_server``), reached through the real client path (pyarrow's S3 filesystem, credentials and
+endpoint from the standard AWS environment variables). Whole audits on the store (every method, on Ray,
+killed workers and a killed driver) are in ``tests/pipeline/test_method_invariants.py``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from neurodis.config import spec_from_dict
+from neurodis.data.probe import BadImageError
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import commit_unit, committed
 from neurodis.io.store import StorePath
-from neurodis.io.tables import read_table
-from neurodis.orchestration.audit import run_audit, stage_status
-from neurodis.orchestration.runners import LocalRunner, RayRunner
+from neurodis.orchestration.audit import run_audit
+from neurodis.orchestration.runners import LocalRunner
 from neurodis.types import SpecError
-from tests.conftest import s3_env, write_images
-
-TABLES = ("references", "neurons", "images", "rejects", "activations")
+from tests.conftest import write_images
 
 
 def _spec_dict(probe: Path, out: str) -> dict:
@@ -38,15 +33,6 @@ def _spec_dict(probe: Path, out: str) -> dict:
     }
 
 
-@pytest.fixture()
-def local_run(tmp_path: Path) -> tuple[Path, Path]:
-    """A probe folder (16 images: 4 shards) and a local run of it, the oracle."""
-    probe = tmp_path / "probe"
-    write_images(probe, per_class=8)
-    run_audit(spec_from_dict(_spec_dict(probe, str(tmp_path / "local"))), runner=LocalRunner())
-    return probe, tmp_path / "local"
-
-
 def _objects(uri: str) -> list[str]:
     import pyarrow.fs as pafs
 
@@ -56,89 +42,6 @@ def _objects(uri: str) -> list[str]:
     return sorted(
         i.path[len(root.key) + 1 :] for i in root.fs.get_file_info(sel) if i.type == pafs.FileType.File
     )
-
-
-@pytest.mark.ray
-def test_ray_audit_into_s3_with_killed_workers_and_leftovers_equals_a_local_run(
-    tmp_path, local_run, s3_bucket, s3_server, ray_session, caplog
-):
-    probe, local = local_run
-    uri = f"{s3_bucket}/runs/a"
-    # leftovers of a failed attempt under the prefix: a table file no manifest names (garbage bytes,
-    # it must never be read) and an unreadable manifest (the unit counts as not committed)
-    StorePath.of(f"{uri}/activations/forward-shard-00000.0123456789ab.parquet").write_bytes(b"half-written")
-    StorePath.of(f"{uri}/_manifests/forward/shard-00002.json").write_bytes(b'{"stage": "forw')
-    StorePath.of(f"{uri}/_tmp/.x.tmp").write_bytes(b"junk")
-    marker = tmp_path / "fired"
-    runner = RayRunner(
-        env_vars={
-            **s3_env(s3_server),  # what every node of a cluster holds in its environment
-            # one worker dies as a unit starts, another after writing a unit's files but before its manifest
-            "NEURODIS_FAULT_EXIT_UNIT": "forward/shard-00001",
-            "NEURODIS_FAULT_EXIT_COMMIT": "forward/shard-00003",
-            "NEURODIS_FAULT_MARKER": str(marker),
-        }
-    )
-    caplog.set_level("DEBUG")
-    summary = run_audit(spec_from_dict(_spec_dict(probe, uri)), runner=runner)
-    assert (marker / "0").read_text() == "forward/shard-00001"
-    assert (marker / "commit-0").read_text() == "forward/shard-00003"
-    assert summary["status"] == "complete" and summary["run_dir"] == uri
-    for t in TABLES:
-        assert read_table(uri, t).equals(read_table(local, t)), t
-    objects = _objects(uri)
-    assert "activations/forward-shard-00000.0123456789ab.parquet" not in objects  # deleted at the start
-    assert not any(o.startswith("_tmp/") for o in objects)
-    # the killed commit left files of shard 3 that no manifest names: on the store, never read
-    layout = RunLayout(uri)
-    named = {f for m in committed(layout, "forward").values() for f in m.files.values()}
-    orphans = [o for o in objects if o.startswith("activations/") and o not in named]
-    assert len(orphans) == 1 and "shard-00003" in orphans[0]
-    # no local folder was made for the URI, and no credential reached summary.json or the log
-    assert not Path("s3:").exists() and not Path(uri.split("://")[1]).exists()
-    text = StorePath.of(f"{uri}/summary.json").read_text() + caplog.text
-    assert s3_server["secret"] not in text and s3_server["key"] not in text
-    # status, explain and diff read the run on the store
-    assert stage_status(uri)["forward"]["pending"] == 0
-    from neurodis.methods.le.report import explain_report
-
-    assert explain_report(uri, "layer1/0").replace(uri, "RUN") == explain_report(local, "layer1/0").replace(
-        str(local), "RUN"
-    )
-    from neurodis.tools.diff import diff_runs
-
-    d = diff_runs(uri, local, tmp_path / "diff")
-    rows = pq.read_table(tmp_path / "diff" / "neuron_diff.parquet").to_pylist()
-    assert rows and all(r["reference_overlap"] == 1.0 and not r["newly_dead"] for r in rows), d
-
-
-def test_driver_killed_mid_stage_on_s3_resumes_to_identical_tables(tmp_path, local_run, s3_bucket, s3_server):
-    probe, local = local_run
-    uri = f"{s3_bucket}/runs/crash"
-    spec = tmp_path / "crash.yaml"
-    spec.write_text(yaml.safe_dump(_spec_dict(probe, uri)))
-    env = {**os.environ, **s3_env(s3_server)}
-
-    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "neurodis.cli", *args],
-            capture_output=True,
-            text=True,
-            env={**env, **extra},
-            timeout=300,
-        )
-
-    killed = cli("audit", str(spec), "--local", NEURODIS_FAULT_KILL_DRIVER_AFTER="2")
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    status = cli("status", uri)
-    assert "forward: 3 committed, 4 pending" in status.stdout, status.stdout + status.stderr
-    resumed = cli("audit", str(spec), "--local")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "2 shards computed this run" in resumed.stdout
-    for t in TABLES:
-        assert read_table(uri, t).equals(read_table(local, t)), t
-    for text in (killed.stderr, killed.stdout, resumed.stdout, resumed.stderr, status.stdout):
-        assert s3_server["secret"] not in text and s3_server["key"] not in text
 
 
 def test_concurrent_attempts_at_one_unit_commit_one_consistent_set(s3_bucket):
@@ -188,8 +91,98 @@ def test_missing_bucket_and_wrong_credentials_fail_at_preflight(tmp_path, s3_buc
     assert "AWS_ACCESS_KEY_ID" in wrong and s3_server["key"] not in wrong and "not-the-secret" not in wrong
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])
     assert _objects(s3_bucket) == []  # nothing was computed or written
-    # a stage that does not run on object storage yet is refused up front, by name
+    # probe images in a missing bucket: one line naming data.root, before any compute
     spec = spec_from_dict(
-        {**_spec_dict(probe, f"{s3_bucket}/run"), "stages": ["forward", "pure"], "pure": {"n_ref": 3}}
+        {
+            **_spec_dict(probe, str(tmp_path / "run")),
+            "data": {"kind": "imagefolder", "root": "s3://no-such-bucket-nd/p"},
+        }
     )
-    assert "stages ['pure']: these do not run on object storage yet" in _first_line_error(spec)
+    no_data = _first_line_error(spec)
+    assert no_data.startswith(
+        "data.root 's3://no-such-bucket-nd/p': bucket 'no-such-bucket-nd' does not exist"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_probe_set_on_s3_lists_decodes_and_fingerprints_like_the_local_folder(tmp_path, s3_bucket):
+    import pyarrow.fs as pafs
+
+    from neurodis.data.probe import decode, decoders, fingerprint, list_probe_set
+    from neurodis.sections import DataConfig
+
+    probe = tmp_path / "probe"
+    write_images(probe, per_class=3)
+    (probe / ".hidden").mkdir()
+    write_images(probe / ".hidden", per_class=1)  # hidden folders and files are not probe images
+    (probe / "cat" / "notes.txt").write_text("not an image")
+    store = StorePath.of(f"{s3_bucket}/probe")
+    pafs.copy_files(str(probe), store.key, destination_filesystem=store.fs)
+
+    local = list_probe_set(DataConfig(kind="imagefolder", root=str(probe)))
+    remote = list_probe_set(DataConfig(kind="imagefolder", root=f"{s3_bucket}/probe"))
+    assert len(local) == 6 and [(r.image_id, r.label) for r in remote] == [
+        (r.image_id, r.label) for r in local
+    ]
+    assert [r.path for r in remote] == [r.path.replace(str(probe), f"{s3_bucket}/probe") for r in local]
+    for a, b in zip(local, remote):
+        assert (decode(a.path) == decode(b.path)).all()
+
+    # a manifest on the store with relative paths (and one absolute URI) names the same images
+    rel = [r.path[len(str(probe)) + 1 :] for r in local]
+    rows = (
+        "path,label\n"
+        + "".join(f"{p},{r.label}\n" for p, r in zip(rel[:-1], local))
+        + f"{remote[-1].path},dog\n"
+    )
+    StorePath.of(f"{s3_bucket}/probe/manifest.csv").write_text(rows)
+    listed = list_probe_set(DataConfig(kind="manifest", manifest=f"{s3_bucket}/probe/manifest.csv"))
+    assert [r.path for r in listed] == [r.path for r in remote]
+
+    # the fingerprint follows the objects: rewriting one image changes it, an unchanged store keeps it
+    before = fingerprint(remote)
+    assert fingerprint(list_probe_set(DataConfig(kind="imagefolder", root=f"{s3_bucket}/probe"))) == before
+    StorePath.of(remote[0].path).write_bytes(StorePath.of(remote[1].path).read_bytes() + b"\0")
+    assert fingerprint(remote) != before
+    # an object that is not an image, or is gone, is a bad image, not a crash; the prefetching reader
+    # (downloads ahead on threads) gives what decode gives, in order
+    StorePath.of(remote[2].path).write_bytes(b"not a png")
+    StorePath.of(remote[3].path).unlink()
+    for bad in remote[2:4]:
+        with pytest.raises(BadImageError):
+            decode(bad.path)
+    calls = list(decoders([r.path for r in remote], ahead=2))
+    assert len(calls) == len(remote)
+    for i, (call, r) in enumerate(zip(calls, remote)):
+        if i in (2, 3):
+            with pytest.raises(BadImageError):
+                call()
+        else:
+            assert (call() == decode(r.path)).all()
+
+
+def test_checkpoint_on_s3_loads_the_saved_weights(s3_bucket):
+    import io
+
+    import torch
+
+    from neurodis.models.loading import load_model
+    from neurodis.models.tiny import tiny_cnn
+    from neurodis.sections import ModelConfig
+
+    trained = tiny_cnn()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    buf = io.BytesIO()
+    torch.save({"epoch": 3, "model_state_dict": trained.state_dict()}, buf)
+    StorePath.of(f"{s3_bucket}/ckpt/w.pt").write_bytes(buf.getvalue())
+    model = load_model(ModelConfig(arch="neurodis.models.tiny:tiny_cnn", checkpoint=f"{s3_bucket}/ckpt/w.pt"))
+    for k, v in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    with pytest.raises(SpecError) as e:
+        load_model(ModelConfig(arch="neurodis.models.tiny:tiny_cnn", checkpoint=f"{s3_bucket}/ckpt/gone.pt"))
+    assert (
+        str(e.value)
+        == f"model.checkpoint '{s3_bucket}/ckpt/gone.pt' does not exist; fix the path or leave checkpoint out"
+    )

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 
 from neurodis.config import AuditSpec
 from neurodis.data.concepts import LABELS_SET, label_text
-from neurodis.data.probe import BadImageError, decode
+from neurodis.data.probe import BadImageError, decode, decoders
 from neurodis.io.layout import RunLayout
 from neurodis.io.tables import read_table
 from neurodis.kernels.calibration import fit_sigmoid
@@ -207,9 +207,9 @@ class EmbedWorker:
         vecs: list[np.ndarray] = []
         batch: list[np.ndarray] = []
         bad = 0
-        for r in task.records:
+        for r, pixels in zip(task.records, decoders(r.path for r in task.records)):
             try:
-                batch.append(decode(r.path))
+                batch.append(pixels())
                 ids.append(r.image_id)
             except (BadImageError, OSError, ValueError):
                 bad += 1

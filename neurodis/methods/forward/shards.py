@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from neurodis.config import AuditSpec, PreprocessConfig, stable_hash
-from neurodis.data.probe import BadImageError, ProbeRecord, decode, fingerprint, list_probe_set
+from neurodis.data.probe import BadImageError, ProbeRecord, decoders, fingerprint, list_probe_set
 from neurodis.data.transforms import preprocess
 from neurodis.io.layout import RunLayout
 from neurodis.io.manifest import committed
@@ -257,9 +257,9 @@ class ForwardWorker:
         bs = self.plan.spec.forward.batch_size
         ids: list[int] = []
         xs: list[torch.Tensor] = []
-        for r in records:
+        for r, pixels in zip(records, decoders(r.path for r in records)):
             try:
-                xs.append(preprocess(decode(r.path), self.plan.preprocess))
+                xs.append(preprocess(pixels(), self.plan.preprocess))
                 ids.append(r.image_id)
             except BadImageError as e:
                 rejects.append((r.image_id, r.path, str(e)))

@@ -24,7 +24,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +36,7 @@ from neurodis.data.probe import ProbeRecord
 from neurodis.data.sources import synthetic_source
 from neurodis.io.layout import RunLayout, safe_name
 from neurodis.io.manifest import committed, copy_unit
+from neurodis.io.store import StorePath, join_input, normalized, read_table_file
 from neurodis.kernels.calibration import fit_sigmoid
 from neurodis.methods.embed import plan as embed
 from neurodis.methods.embed.store import (
@@ -78,21 +78,18 @@ def _read_annotations(
     """``explain.annotations``: CSV/Parquet with ``path`` and ``concepts`` (a list, or one string with
     concepts separated by ``|``) and optionally ``superclasses``; relative paths are read from the file's
     folder. Per image: (its annotated concepts, its superclasses)."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    p = Path(path).expanduser()
+    p = StorePath.of(os.path.expanduser(path))
     if not p.is_file():
         raise SpecError(
             f"explain.annotations {path!r} does not exist; give a CSV/Parquet file with 'path' and "
             "'concepts' columns (or leave it out)"
         )
-    table = pq.read_table(p) if p.suffix.lower() in (".parquet", ".pq") else pcsv.read_csv(p)
+    table = read_table_file(p)
     if not {"path", "concepts"} <= set(table.column_names):
         raise SpecError(
             f"explain.annotations {path!r} needs columns 'path' and 'concepts' (has {table.column_names})"
         )
-    by_path = {os.path.normpath(os.path.abspath(r.path)): r.image_id for r in records}
+    by_path = {normalized(r.path): r.image_id for r in records}
     out: dict[int, set[str]] = {}
     sup_out: dict[int, set[str]] = {}
     unmatched = 0
@@ -100,7 +97,7 @@ def _read_annotations(
         table["superclasses"].to_pylist() if "superclasses" in table.column_names else [None] * table.num_rows
     )
     for rel, cs, sc in zip(table["path"].to_pylist(), table["concepts"].to_pylist(), supers):
-        full = os.path.normpath(os.path.abspath(rel if os.path.isabs(rel) else p.parent / rel))
+        full = normalized(join_input(str(p.parent), rel))
         if full not in by_path:
             unmatched += 1
             continue
@@ -165,16 +162,18 @@ def image_concepts(spec: AuditSpec, records: Sequence[ProbeRecord]) -> dict[int,
     return {i: cs | frozenset(annotated.get(i, ())) for i, cs in labels.items()}
 
 
-def annotations_file(spec: AuditSpec) -> Path | None:
+def annotations_file(spec: AuditSpec) -> StorePath | None:
     """The per-image concept annotations file: ``explain.annotations``, or with ``auto`` an image folder's
     ``metadata.parquet`` (as the testbed writes it) when present."""
     ref = spec.explain.annotations
     if ref == "none" or (ref == "auto" and spec.data.kind == "synthetic"):
         return None
     if ref == "auto":
-        p = Path(spec.data.root or "").expanduser() / "metadata.parquet"
-        return p if spec.data.kind == "imagefolder" and p.is_file() else None
-    return Path(ref).expanduser()
+        if spec.data.kind != "imagefolder":
+            return None
+        p = StorePath.of(os.path.expanduser(spec.data.root or "")) / "metadata.parquet"
+        return p if p.is_file() else None
+    return StorePath.of(os.path.expanduser(ref))
 
 
 def annotations_digest(spec: AuditSpec) -> str:
