@@ -9,9 +9,9 @@ ablated value (the *tail*) is all that must be re-run per neuron. ``split_at`` t
   *frontier*);
 * the **tail** maps (the module's output, the frontier) to the model's output.
 
-Many ablations of the same images run as one batch: the tail gets ``G * B`` rows of the module's output
-(block ``g`` = the ``B`` images for ablation ``g``) and the frontier, computed once for the ``B`` images,
-repeated ``G`` times (``Split.repeat``). Tracing fails for models with data-dependent control flow, a
+Many ablations of the same images run as one batch: the tail gets one row of the module's output per
+(image, ablation) pair and the frontier, computed once for the ``B`` images, gathered to the same pairs
+(``Split.take``). Tracing fails for models with data-dependent control flow, a
 module called more than once or an audited module hidden inside a traced leaf; ``split_at`` then returns
 ``None`` and callers fall back (``neurodis.methods.le.ablation.ModelPatcher``). Callers verify a split
 numerically against a plain forward pass before using it.
@@ -66,13 +66,11 @@ class Split:
         return self.tail(a, *frontier)
 
     @staticmethod
-    def repeat(frontier: Sequence[Any], batch: int, times: int) -> tuple[Any, ...]:
-        """The frontier of ``batch`` images, each tensor with ``batch`` leading rows repeated ``times``
-        (block-wise, like the module's output); anything else as it is."""
+    def take(frontier: Sequence[Any], batch: int, index: torch.Tensor) -> tuple[Any, ...]:
+        """The frontier of ``batch`` images at rows ``index`` (the image of each row of the module's
+        output): each tensor with ``batch`` leading rows indexed; anything else as it is."""
         return tuple(
-            v.repeat(times, *([1] * (v.dim() - 1)))
-            if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch and times > 1
-            else v
+            v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch else v
             for v in frontier
         )
 

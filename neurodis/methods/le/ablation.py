@@ -6,12 +6,12 @@ Two paths compute the logits of a model whose neuron ``k`` is replaced by a cons
 - **fast** (a layer followed by global average pooling and a linear head, detected numerically at plan
   time): rank-1 updates of the logits computed from the stored mean activations; no forward pass, CPU
   tasks (``abl.<explainer>.<layer>``, ``ti.<layer>``);
-- **model** (any other layer): the logits of many neurons' ablations in one batch (the images repeated
-  once per neuron, channel ``k`` of block ``k`` replaced); only the network after the layer runs per
-  neuron where the model's ``torch.fx`` graph splits at the layer (skip connections around it included),
-  else the layer's output is replayed through a hook, else whole forward passes (``ModelPatcher``, the
-  choice checked against plain forward passes); GPU actors that load the model once (``AblationWorker``;
-  units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
+- **model** (any other layer): the logits of many (image, neuron) ablations in one batch (one row of the
+  layer's output per pair, its channel replaced; none for a pair the replacement leaves unchanged); only
+  the network after the layer runs per pair where the model's ``torch.fx`` graph splits at the layer (skip
+  connections around it included), else the layer's output is replayed through a hook, else whole forward
+  passes (``ModelPatcher``, the choice checked against plain forward passes); GPU actors that load the
+  model once (``AblationWorker``; units ``abl.<explainer>.<layer>.<first channel>``, ``ti.<layer>.<first>``).
 
 Both paths feed the same scoring code, and agree where both apply (tested).
 """
@@ -66,6 +66,7 @@ from neurodis.pipeline.step import UnitOutput, run_unit
 log = logging.getLogger(__name__)
 
 FAST_BUDGET = 1 << 22  # logits elements per fast-path tile (rows x neurons x classes)
+CPU_PASS_BYTES = 8 << 20  # layer-output bytes per model-path pass on a CPU (a pass within the caches)
 
 
 def scored_channels(n_channels: int, sample: int | None) -> tuple[np.ndarray, int]:
@@ -119,35 +120,32 @@ class FastPatcher:
 def patch_channels(
     out: torch.Tensor, channels: torch.Tensor, v: torch.Tensor, inplace: bool = False
 ) -> torch.Tensor:
-    """``out`` holds ``G * B`` rows (block ``g`` = the image batch repeated for neuron ``channels[g]``);
-    channel ``channels[g]`` of row ``g * B + b`` becomes ``v[b, g]`` everywhere (space / tokens).
-    Differentiable in ``v``. ``inplace``: write into ``out`` (a fresh tensor nothing else reads) instead
-    of a copy."""
-    b, g = v.shape
+    """Row ``r`` of ``out`` gets channel ``channels[r]`` replaced by ``v[r]`` everywhere (space / tokens);
+    rows with a negative channel are left as they are. Differentiable in ``v``. ``inplace``: write into
+    ``out`` (a fresh tensor nothing else reads) instead of a copy."""
     x = out if inplace else out.clone()
-    rows = torch.arange(g * b, device=out.device)
-    ch = channels.to(out.device).repeat_interleave(b)
-    vals = v.T.reshape(-1).to(out.device, out.dtype)
+    channels = channels.to(out.device)
+    rows = torch.nonzero(channels >= 0).flatten()
+    ch = channels[rows]
+    vals = v.to(out.device, out.dtype)[rows]
     if out.dim() == 3:  # tokens [N, T, C]: the channel on every token
-        x[rows, :, ch] = vals[:, None].expand(g * b, out.shape[1])
+        x[rows, :, ch] = vals[:, None].expand(len(rows), out.shape[1])
     else:  # [N, C, ...]
-        x[rows, ch] = vals.reshape([g * b] + [1] * (out.dim() - 2)).expand(g * b, *out.shape[2:])
+        x[rows, ch] = vals.reshape([len(rows)] + [1] * (out.dim() - 2)).expand(len(rows), *out.shape[2:])
     return x
 
 
 @contextlib.contextmanager
-def channel_patch(
-    module: nn.Module, channels: torch.Tensor, values: Callable[[], torch.Tensor]
-) -> Iterator[None]:
-    """While active, ``module``'s output (``len(channels) * B`` rows) is patched by ``patch_channels``
-    with ``values()`` (``[B, G]``). The hook is always removed."""
+def channel_patch(module: nn.Module, channels: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+    """While active, ``module``'s output (one row per entry of ``channels``) is patched by
+    ``patch_channels`` with ``values``. The hook is always removed."""
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"explain: cannot patch a {type(out).__name__} module output; audit a tensor output"
             )
-        return patch_channels(out, channels, values())
+        return patch_channels(out, channels, values)
 
     handle = module.register_forward_hook(hook)
     try:
@@ -166,22 +164,35 @@ def output_replaced(module: nn.Module, tensor: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
+def unchanged(a: torch.Tensor, src: torch.Tensor, channels: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per pair (image ``src[j]`` of the layer's output ``a``, channel ``channels[j]``, value ``v[j]``):
+    whether the channel's map already equals the value everywhere, so that patching changes nothing."""
+    cdim = 2 if a.dim() == 3 else 1  # tokens [N, T, C], else [N, C, ...]
+    flat = a.movedim(cdim, 1).reshape(a.shape[0], a.shape[cdim], -1)
+    lo, hi = flat.amin(-1), flat.amax(-1)
+    s, c, val = src.to(a.device), channels.to(a.device), v.to(a.device, a.dtype)
+    return ((lo[s, c] == val) & (hi[s, c] == val)).cpu()
+
+
 class ModelPatcher:
     """Logits of ``model`` with channels of ``layer`` patched; ``images(rows)`` gives the preprocessed
-    inputs. Many neurons run as one batch: the layer's output for a tile of images is repeated once per
-    neuron (at most ``batch_size`` rows per pass; more neurons run in several passes) and channel ``k`` of
-    block ``k`` is replaced. Three ways to run that batch, the first that passes a check against plain
-    forward passes of repeated images (once per patcher, on two images and two neurons) is used
-    (``mode``):
+    inputs. The logits of many (image, neuron) pairs run as one batch: one row of the layer's output per
+    pair, gathered from the output for a tile of images, with the pair's channel replaced (at most
+    ``batch_size`` rows per pass; on a CPU at most ``CPU_PASS_BYTES`` of the layer's output, a pass that
+    stays in the caches). Where the layer's output is at hand (``graph``, ``hooked``) and no gradient is
+    asked for, a pair whose channel map already equals its value everywhere (a zero-ablated map that is
+    all zero) runs no pass of its own: its logits are those of the image's unpatched row, run through
+    the same path. Three ways to run a batch, the first that passes a check against plain forward passes
+    (once per patcher, on two images and two neurons) is used (``mode``):
 
     - ``graph``: the model's ``torch.fx`` graph cut at the layer (``neurodis.models.tail``): the part
       below runs once per tile of images and is cached (within ``cache_bytes``) together with every value
       the part above reads from below (a skip connection around the layer, functional ops); only the
-      part above runs per neuron;
+      part above runs per pair;
     - ``hooked`` (models ``torch.fx`` cannot trace): the layer's output cached the same way and fed
       through a hook to the modules above while the modules below see a single stand-in image; right
       only when the part above reads nothing from below the layer but its output;
-    - ``full``: forward passes of the repeated images from the input, the layer patched by a hook.
+    - ``full``: forward passes of the pairs' images from the input, the layer patched by a hook.
     """
 
     def __init__(
@@ -227,32 +238,75 @@ class ModelPatcher:
             self.cached_bytes += size
         return a, frontier
 
-    def _full(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
-        x = self.images(rows).to(self.device)
-        vals = values.to(self.device)
-        with channel_patch(self.module, torch.as_tensor(channels), lambda: vals):
-            return self.model(x.repeat(len(channels), *([1] * (x.dim() - 1))))
+    def _pass_rows(self, a: torch.Tensor) -> int:
+        if torch.device(self.device).type != "cpu":
+            return self.batch_size
+        return max(1, min(self.batch_size, CPU_PASS_BYTES // max(1, a[0].numel() * a.element_size())))
 
-    def _upper(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
-        a, frontier = self._lower(rows)
-        patched = patch_channels(
-            a.repeat(len(channels), *([1] * (a.dim() - 1))),
-            torch.as_tensor(channels),
-            values.to(self.device),
-            inplace=True,
-        )
+    def _full(
+        self, rows: np.ndarray, src: torch.Tensor, ch: torch.Tensor, vals: torch.Tensor
+    ) -> torch.Tensor:
+        x = self.images(rows).to(self.device)
+        parts = []
+        for s in _tiles(len(src), self.batch_size):
+            with channel_patch(self.module, ch[s], vals[s].to(self.device)):
+                parts.append(self.model(x[src[s].to(self.device)]))
+        return torch.cat(parts)
+
+    def _pass(
+        self,
+        rows: np.ndarray,
+        a: torch.Tensor,
+        frontier: tuple[Any, ...],
+        src: torch.Tensor,
+        ch: torch.Tensor,
+        vals: torch.Tensor,
+    ) -> torch.Tensor:
+        patched = patch_channels(a[src.to(a.device)], ch, vals, inplace=True)
         if self.mode == "graph" and self.split is not None:
-            out: torch.Tensor = self.split.upper(patched, Split.repeat(frontier, len(rows), len(channels)))
+            out: torch.Tensor = self.split.upper(patched, Split.take(frontier, len(rows), src))
             return out
         with output_replaced(self.module, patched):
             out = self.model(self.images(rows[:1]).to(self.device))
         return out
 
+    def _upper(
+        self, rows: np.ndarray, src: torch.Tensor, ch: torch.Tensor, vals: torch.Tensor
+    ) -> torch.Tensor:
+        a, frontier = self._lower(rows)
+        same = torch.zeros(len(src), dtype=torch.bool) if vals.requires_grad else unchanged(a, src, ch, vals)
+        run = torch.nonzero(~same).flatten()
+        plain, inverse = torch.unique(src[same], return_inverse=True)  # the unpatched rows they need
+        src_all = torch.cat([src[run], plain])
+        ch_all = torch.cat([ch[run], torch.full((len(plain),), -1, dtype=ch.dtype)])
+        vals_all = torch.cat([vals[run], vals.new_zeros(len(plain))])
+        out = torch.cat(
+            [
+                self._pass(rows, a, frontier, src_all[s], ch_all[s], vals_all[s])
+                for s in _tiles(len(src_all), self._pass_rows(a))
+            ]
+        )
+        if not len(plain):
+            return out
+        full = out.new_empty((len(src), *out.shape[1:]))
+        full[run.to(out.device)] = out[: len(run)]
+        full[torch.nonzero(same).flatten().to(out.device)] = out[len(run) + inverse.to(out.device)]
+        return full
+
+    def _run(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+        """Logits ``[len(channels) * len(rows), classes]``, row ``g * len(rows) + b`` = image ``b`` with
+        neuron ``channels[g]`` set to ``values[b, g]``."""
+        b = len(rows)
+        src = torch.arange(b).repeat(len(channels))
+        ch = torch.as_tensor(channels).repeat_interleave(b)
+        vals = values.T.reshape(-1)
+        return (self._full if self.mode == "full" else self._upper)(rows, src, ch, vals)
+
     def _agrees(self, mode: str, full: torch.Tensor, r: np.ndarray, ch: np.ndarray, v: torch.Tensor) -> bool:
         self.mode, self.cache, self.cached_bytes = mode, {}, 0
         try:
             with torch.no_grad():
-                got = self._upper(r, ch, v)
+                got = self._run(r, ch, v)
         except Exception as e:  # noqa: BLE001 - any failure means: this mode does not apply
             log.info("explain: layer %s: %s mode failed its check: %s", self.layer, mode, e)
             return False
@@ -268,8 +322,9 @@ class ModelPatcher:
         g = torch.Generator().manual_seed(0)
         r, ch = np.arange(2), channels[:2]
         v = torch.randn(len(r), len(ch), generator=g, dtype=torch.float64)
+        self.mode = "full"
         with torch.no_grad():
-            full = self._full(r, ch, v)
+            full = self._run(r, ch, v)
         self.split = split_at(self.model, self.layer)
         mode = "full"
         if self.split is not None and self._agrees("graph", full, r, ch, v):
@@ -292,13 +347,8 @@ class ModelPatcher:
     def logits(self, rows: np.ndarray, channels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
         if self.mode is None:
             self.mode = self._check(channels)
-        run = self._full if self.mode == "full" else self._upper
-        step = max(1, self.batch_size // max(1, len(rows)))
-        parts = [
-            run(rows, channels[s], values[:, s]).reshape(s.stop - s.start, len(rows), -1)
-            for s in _tiles(len(channels), step)
-        ]
-        return torch.cat(parts).transpose(0, 1).double().cpu()
+        out = self._run(rows, channels, values)
+        return out.reshape(len(channels), len(rows), -1).transpose(0, 1).double().cpu()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -349,23 +349,22 @@ def test_a_failing_neuron_records_its_error_and_the_rest_go_on(run, monkeypatch)
 
 
 @pytest.mark.parametrize("shape", [(4, 6, 3, 3), (4, 5, 6), (4, 6)])
-def test_channel_patch_replaces_one_channel_per_block(shape):
-    """Conv maps, token layers [N, T, C] and vectors: block g of the repeated batch gets channel
-    channels[g] replaced by its value everywhere; the rest is untouched; the hook is removed."""
+def test_channel_patch_replaces_one_channel_per_row(shape):
+    """Conv maps, token layers [N, T, C] and vectors: row r gets channel channels[r] replaced by its value
+    everywhere (none where the channel is negative); the rest is untouched; the hook is removed."""
     module = torch.nn.Identity()
     x = torch.randn(*shape)
-    channels = torch.tensor([1, 4])
-    values = torch.tensor([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0], [70.0, 80.0]])  # [B, G]
-    xr = x.repeat(2, *([1] * (x.dim() - 1)))
-    with ablation.channel_patch(module, channels, lambda: values):
-        y = module(xr)
+    channels = torch.tensor([1, 4, -1, 1])
+    values = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    with ablation.channel_patch(module, channels, values):
+        y = module(x)
     cdim = 2 if x.dim() == 3 else 1
-    for g, ch in enumerate(channels.tolist()):
-        for b in range(4):
-            got, orig = y[g * 4 + b].movedim(cdim - 1, 0), x[b].movedim(cdim - 1, 0)
-            assert torch.all(got[ch] == values[b, g])
-            keep = [c for c in range(x.shape[cdim]) if c != ch]
-            assert torch.equal(got[keep], orig[keep])
+    for r, ch in enumerate(channels.tolist()):
+        got, orig = y[r].movedim(cdim - 1, 0), x[r].movedim(cdim - 1, 0)
+        if ch >= 0:
+            assert torch.all(got[ch] == values[r])
+        keep = [c for c in range(x.shape[cdim]) if c != ch]
+        assert torch.equal(got[keep], orig[keep])
     assert torch.equal(module(x), x)
 
 
@@ -462,6 +461,74 @@ def test_model_patcher_equals_patching_one_neuron_at_a_time(model, layer, mode, 
     for j, ch in enumerate(channels.tolist()):
         want = ref.patched_logits(net, x, layer, ch, values[:, j])
         np.testing.assert_allclose(got[:, j].numpy(), want.double().numpy(), rtol=1e-4, atol=1e-5)
+
+
+class _ZeroMaps(torch.nn.Module):
+    """A ReLU layer ``act`` with a skip connection around it (functional ops): channel 0 is zero on every
+    image, channel 1 on the images whose first input channel is negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(6)
+        self.stem = torch.nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.conv = torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.down = torch.nn.Conv2d(6, 6, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(6, 5)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            self.conv.weight[0], self.conv.bias[0] = 0.0, -1.0
+            self.stem.weight[1], self.stem.bias[1] = 0.0, 0.0
+            self.stem.weight[1, 0] = 1.0
+            self.conv.weight[1], self.conv.bias[1] = 0.0, 0.0
+            self.conv.weight[1, 1] = 1.0
+
+    def forward(self, x):
+        h = torch.nn.functional.relu(self.stem(x))
+        y = self.act(self.conv(h)) + h
+        z = torch.nn.functional.relu(self.down(y))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(z, 1), 1))
+
+
+@pytest.mark.parametrize("batch_size", [64, 5])
+def test_zero_ablating_all_zero_maps_runs_only_the_pairs_that_change(batch_size):
+    """Zero-ablation where a channel's map is already all zero on an image: the logits (and Top Impact)
+    equal patching one neuron at a time in plain forward passes, and the tail runs once per pair that
+    changes plus once per image with a pair that does not."""
+    net = _ZeroMaps().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(8, 3, 16, 16, generator=g)
+    x[:, 0] = x[:, 0].abs() * torch.tensor([1.0, -1.0] * 4)[:, None, None]
+    channels = np.array([0, 1, 2, 4])
+    maps = {}
+    handle = net.act.register_forward_hook(lambda _m, _i, o: maps.setdefault("a", o.clone()))
+    with torch.no_grad():
+        net(x)
+    handle.remove()
+    zero = (maps["a"].flatten(2).amax(-1) == 0)[:, channels]
+    assert zero[:, 0].all() and 0 < int(zero[:, 1].sum()) < 8
+    patcher = ablation.ModelPatcher(net, "act", lambda r: x[torch.as_tensor(r)], "cpu", batch_size, 4, 8)
+    rows = np.arange(8)
+    zeros = torch.zeros(8, 4, dtype=torch.float64)
+    patcher.logits(rows[:2], channels[:2], zeros[:2, :2])  # the check
+    assert patcher.mode == "graph"
+    seen = []
+    handle = net.down.register_forward_hook(lambda _m, i, _o: seen.append(len(i[0])))
+    got = patcher.logits(rows, channels, zeros)
+    handle.remove()
+    assert sum(seen) == int((~zero).sum()) + int(zero.any(1).sum())
+    for j, ch in enumerate(channels.tolist()):
+        want = ref.patched_logits(net, x, "act", ch, zeros[:, j])
+        np.testing.assert_allclose(got[:, j].numpy(), want.double().numpy(), rtol=1e-5, atol=1e-6)
+    labels = torch.randint(0, 5, (8,), generator=g)
+    acts = torch.rand(8, 4, generator=g, dtype=torch.float64)
+    ti, _ = ablation.top_impact_of(patcher, rows, channels, labels, acts, (0.25, 0.5), 1.1)
+    for j in (1, 2, 3):
+        want = ref.top_impact(net, x, labels, "act", int(channels[j]), acts[:, j].numpy(), (0.25, 0.5), 1.1)
+        np.testing.assert_allclose(ti[j].numpy(), want, rtol=1e-4, atol=1e-6)  # ref: float32 losses
 
 
 def test_scores_through_the_graph_split_equal_plain_forward_passes():
