@@ -300,7 +300,7 @@ def ablation_paths(n_val: int, side: int, batch: int) -> dict[str, Any]:
                 model, layer, lambda r, x=x: x[torch.as_tensor(r)], "cpu", batch, len(channels), n_val
             )
             with torch.no_grad():
-                p.logits(rows[:2], channels[:2], values[:2])  # the check (and the split) once
+                p.logits(rows[:2], channels[:2], values[:2, :2])  # the check (and the split) once
                 assert p.mode == "graph", p.mode
                 p.mode = mode
                 t0 = time.perf_counter()
