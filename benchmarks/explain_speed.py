@@ -77,21 +77,6 @@ class BeforePatcher(ModelPatcher):
         return torch.cat(parts)
 
 
-def factory(worker: AblationWorker, layer: str, cls: type[ModelPatcher]) -> ablation.PatcherFactory:
-    def make(ids: np.ndarray, _q: np.ndarray, kc: int) -> ablation.Patcher:
-        return cls(
-            worker.model,
-            layer,
-            lambda rows: worker.bank.batch(ids[rows]),
-            worker.device,
-            worker.plan.spec.explain.batch_size,
-            kc,
-            n_rows=len(ids),
-        )
-
-    return make
-
-
 def run_block(worker: AblationWorker, task: ablation.BlockTask, make: ablation.PatcherFactory) -> pa.Table:
     if task.kind == "ablation":
         return ablation.ablation_block(
@@ -152,8 +137,8 @@ def main() -> None:
             if lp.head is None
         }
         ways: dict[str, Callable[[str], ablation.PatcherFactory]] = {
-            "before": lambda layer: factory(worker, layer, BeforePatcher),
-            "after": lambda layer: factory(worker, layer, ModelPatcher),
+            "before": lambda layer: worker.factory(layer, BeforePatcher),
+            "after": lambda layer: worker.factory(layer, ModelPatcher),
         }
         if args.levers:
             ways["after_no_pass_cap"] = ways["after"]

@@ -49,7 +49,7 @@ def _list_imagefolder(root: str) -> list[ProbeRecord]:
         )
     base = str(folder).rstrip("/") + ("/" if folder.remote else os.sep)
     files: list[tuple[str, str | None]] = []
-    for path, _, _ in list_files(folder):
+    for path, _, _ in list_files(folder, stats=False):
         parts = path[len(base) :].replace(os.sep, "/").split("/")
         if any(p.startswith(".") for p in parts) or not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             continue
@@ -234,9 +234,7 @@ def decoders(paths: Iterable[str], ahead: int = 16) -> Iterator[Callable[[], np.
         def run() -> np.ndarray:
             data = fetched.result()
             if isinstance(data, OSError):
-                raise BadImageError(
-                    f"{type(data).__name__}: {str(data).splitlines()[0] if str(data) else ''}"
-                )
+                raise _bad(data)
             return decode(path, data)
 
         return run

@@ -314,16 +314,17 @@ def normalized(location: str) -> str:
     return location if is_remote(location) else os.path.normpath(os.path.abspath(location))
 
 
-def list_files(root: StorePath) -> Iterator[tuple[str, int, int]]:
+def list_files(root: StorePath, stats: bool = True) -> Iterator[tuple[str, int, int]]:
     """Every file below the folder ``root`` (recursive): ``(location, size, mtime_ns)``, the location a
-    local path or a URI. One listing request per 1,000 objects on an object store."""
+    local path or a URI. One listing request per 1,000 objects on an object store (which gives the
+    sizes and times with the names); locally each file is stat'ed only with ``stats`` (else -1, -1)."""
     if root.fs is None:
         for dirpath, dirnames, filenames in os.walk(root.local):
             dirnames.sort()
             for name in filenames:
                 full = os.path.join(dirpath, name)
-                st = os.stat(full)
-                yield full, st.st_size, st.st_mtime_ns
+                st = os.stat(full) if stats else None
+                yield full, (st.st_size if st else -1), (st.st_mtime_ns if st else -1)
         return
     for info in root.fs.get_file_info(pafs.FileSelector(root.key, recursive=True, allow_not_found=True)):
         if info.type == pafs.FileType.File:

@@ -822,9 +822,11 @@ class AblationWorker:
         self.model = load_model(plan.spec.model).to(self.device)
         self.bank = ImageBank({r.image_id: r.path for r in probe_records(plan.layout)}, plan.preprocess)
 
-    def factory(self, layer: str) -> PatcherFactory:
+    def factory(self, layer: str, patcher: type[ModelPatcher] = ModelPatcher) -> PatcherFactory:
+        """Patchers of ``layer`` over this worker's model and images (``patcher``: the class)."""
+
         def make(ids: np.ndarray, _q: np.ndarray, kc: int) -> Patcher:
-            return ModelPatcher(
+            return patcher(
                 self.model,
                 layer,
                 lambda rows: self.bank.batch(ids[rows]),
