@@ -36,6 +36,8 @@ import argparse
 import contextlib
 import json
 import math
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,9 +53,8 @@ import torch
 import neurodis.orchestration.audit as audit_mod
 from neurodis.config import spec_from_dict
 from neurodis.io.layout import RunLayout
-from neurodis.methods.le.explanations import load_split
+from neurodis.io.tables import read_table
 from neurodis.models.loading import load_model
-from neurodis.models.tail import split_at
 from neurodis.orchestration.runners import LocalRunner
 
 CLASSES = [f"class{i}" for i in range(1000)]
@@ -174,6 +175,8 @@ def spec_dict(work: Path, probe: Path, layers: list[str], side: int) -> dict[str
 
 def tail_seconds(model: torch.nn.Module, layer: str, x: torch.Tensor, batch: int) -> float:
     """Seconds of one forward pass of the network after ``layer`` over ``x`` (its lower part excluded)."""
+    from neurodis.models.tail import split_at  # imported here: ``--before`` runs code that predates it
+
     split = split_at(model, layer)
     assert split is not None, f"resnet50 should split at {layer}"
     with torch.no_grad():
@@ -187,7 +190,28 @@ def tail_seconds(model: torch.nn.Module, layer: str, x: torch.Tensor, batch: int
     return best
 
 
-def run_one(work: Path, n_images: int, layers: list[str], side: int) -> dict[str, Any]:
+TABLE_KEYS = {
+    "top_impact": (["layer", "channel", "beta"], ["ti", "total_impact"]),
+    "ablation_scores": (["layer", "channel", "explainer", "method"], ["c", "d", "alpha", "val_objective"]),
+}
+
+
+def le_tables(layout: RunLayout) -> dict[str, dict[str, list[Any]]]:
+    """The LE score tables of a run as sorted columns (key and value columns only), for comparing runs of
+    two versions of the code."""
+    out = {}
+    for name, (keys, values) in TABLE_KEYS.items():
+        t = read_table(layout, name).select(keys + values)
+        t = t.sort_by([(k, "ascending") for k in keys])
+        out[name] = {c: t[c].to_pylist() for c in keys + values}
+    return out
+
+
+def run_one(
+    work: Path, n_images: int, layers: list[str], side: int, stages_only: bool = False
+) -> dict[str, Any]:
+    """One configuration in this process. ``stages_only``: the stages' seconds and the LE score tables,
+    nothing after the audit (what ``--before`` compares; the code it runs may predate the rest)."""
     probe = work / "probe"
     make_probe(probe, n_images, side)
     (work / "classes.txt").write_text("\n".join(CLASSES) + "\n")
@@ -206,6 +230,12 @@ def run_one(work: Path, n_images: int, layers: list[str], side: int) -> dict[str
         audit_mod.run_method = orig  # type: ignore[assignment]
         meter.close()
     layout = RunLayout(Path(spec.output))
+    if stages_only:
+        return {
+            "images": n_images,
+            "stages": {st: float(s["seconds"]) for st, s in summary["stages"].items()},
+            "tables": le_tables(layout),
+        }
     model = load_model(spec.model)
     layer_channels = {lay: int(dict(model.named_modules())[lay].conv3.out_channels) for lay in layers}
     neurons = sum(layer_channels.values())
@@ -218,6 +248,7 @@ def run_one(work: Path, n_images: int, layers: list[str], side: int) -> dict[str
             "worker_peak_mb": round(meter.peak.get((st, "worker"), float("nan")), 1),
         }
     # the ablation floor: one pass of the tail over the val split, per model-path layer
+    from neurodis.methods.le.explanations import load_split
     from neurodis.methods.le.plan import plan_explain
 
     plan, _ = plan_explain(spec, layout)
@@ -336,6 +367,115 @@ def exponent(t1: float, t2: float, n1: float, n2: float) -> float | None:
     return round(math.log(t2 / t1) / math.log(n2 / n1), 2)
 
 
+def code_at(rev: str, into: Path) -> str:
+    """The package ``neurodis`` as it was at git revision ``rev`` of this repository, extracted under
+    ``into`` (for ``PYTHONPATH``); returns the full commit id."""
+    root = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", sha, "neurodis"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return sha
+
+
+def one_process(
+    n: int, layers: list[str], side: int, threads: int, extra: list[str], env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--one", str(n), *layers, "--side", str(side), "--threads", str(threads)]
+    done = subprocess.run(cmd + extra, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd + extra)} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def ti_rank(t: dict[str, list[Any]], rows: list[int]) -> list[int]:
+    """``rows`` of a Top Impact table ordered by ``ti`` (largest first, ties by channel)."""
+    return sorted(rows, key=lambda r: (-(t["ti"][r] or 0.0), t["channel"][r]))
+
+
+def compare_tables(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per LE score table: same keys, the largest absolute difference per value column, the same missing
+    values, and (Top Impact) the same ranking of each layer's neurons at every beta."""
+    out: dict[str, Any] = {}
+    for name, (keys, values) in TABLE_KEYS.items():
+        b, a = before[name], after[name]
+        res: dict[str, Any] = {"rows": len(a[keys[0]]), "same_keys": all(b[k] == a[k] for k in keys)}
+        if res["same_keys"]:
+            for c in values:
+                x = np.array([np.nan if v is None else v for v in b[c]], np.float64)
+                y = np.array([np.nan if v is None else v for v in a[c]], np.float64)
+                both = ~np.isnan(x) & ~np.isnan(y)
+                res[f"{c}_max_abs_diff"] = float(np.abs(x[both] - y[both]).max()) if both.any() else 0.0
+                res[f"{c}_same_missing"] = bool(np.array_equal(np.isnan(x), np.isnan(y)))
+        if name == "top_impact" and res["same_keys"]:
+            same = True
+            for layer in sorted(set(a["layer"])):
+                for beta in sorted(set(a["beta"])):
+                    sel = [
+                        i
+                        for i, (ll, bb) in enumerate(zip(a["layer"], a["beta"]))
+                        if ll == layer and bb == beta
+                    ]
+
+                    same &= ti_rank(b, sel) == ti_rank(a, sel)
+            res["same_ranking"] = same
+        out[name] = res
+    return out
+
+
+def before_after(
+    rev: str, n: int, layers: list[str], side: int, threads: int, repeats: int
+) -> dict[str, Any]:
+    """The largest configuration audited by the code at ``rev`` and by this code, each run in a fresh
+    process, alternately (after-before, then before-after, ...), ``repeats`` runs each."""
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        sha = code_at(rev, Path(tmp))
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (tmp, os.environ.get("PYTHONPATH")) if p),
+        }
+        for i in range(repeats):
+            for who in ("after", "before") if i % 2 == 0 else ("before", "after"):
+                r = one_process(n, layers, side, threads, ["--stages-only"], env if who == "before" else None)
+                runs[who].append(r)
+                print(
+                    f"  {who} ({i + 1}/{repeats}): "
+                    + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items())
+                )
+    stages = {}
+    for st in runs["before"][0]["stages"]:
+        if st not in runs["after"][0]["stages"]:
+            continue
+        b = [r["stages"][st] for r in runs["before"]]
+        a = [r["stages"][st] for r in runs["after"]]
+        stages[st] = {
+            "before_seconds": b,
+            "after_seconds": a,
+            "speedup": round(statistics.median(b) / statistics.median(a), 2)
+            if statistics.median(a)
+            else None,
+        }
+    dominant = max(stages, key=lambda st: statistics.median(stages[st]["before_seconds"]))
+    return {
+        "before_revision": sha,
+        "images": n,
+        "layers": layers,
+        "repeats": repeats,
+        "stages": stages,
+        "dominant_stage_before": dominant,
+        "dominant_stage_speedup": stages[dominant]["speedup"],
+        "tables": compare_tables(runs["before"][0]["tables"], runs["after"][0]["tables"]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, nargs=2, default=[24, 48])
@@ -345,12 +485,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--val-images", type=int, default=64, help="images of the ablation-path comparison")
     ap.add_argument("--skip-audit", action="store_true", help="only the ablation-path comparison")
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        help="also audit the largest configuration with the package at this git revision, side by side",
+    )
+    ap.add_argument("--repeats", type=int, default=2, help="runs per side of --before")
+    ap.add_argument("--before-only", action="store_true", help="only the --before comparison")
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: IMAGES LAYER... in this process
+    ap.add_argument("--stages-only", action="store_true", help=argparse.SUPPRESS)  # internal, with --one
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(run_one(Path(tmp), int(args.one[0]), args.one[1:], args.side)))
+            one = run_one(Path(tmp), int(args.one[0]), args.one[1:], args.side, args.stages_only)
+            print(json.dumps(one))
+        return
+    if args.before and args.before_only:
+        cmp = before_after(
+            args.before, args.images[1], args.layers_large, args.side, args.threads, args.repeats
+        )
+        print(json.dumps({"before_after": cmp}))
         return
     paths = ablation_paths(args.val_images, args.side, 256)
     for name, r in paths.items():
@@ -416,6 +571,10 @@ def main() -> None:
         "total_seconds": {f"{n}x{k}": runs[(n, k)]["total_seconds"] for n, k in runs},
         "ablation_paths": paths,
     }
+    if args.before:
+        out["before_after"] = before_after(
+            args.before, n2, args.layers_large, args.side, args.threads, args.repeats
+        )
     print(json.dumps(out))
 
 
