@@ -224,11 +224,15 @@ def run_one(
         return orig(method, *a, **kw)
 
     audit_mod.run_method = metered  # type: ignore[assignment]
-    try:
-        summary = audit_mod.run_audit(spec, runner=MeteredRunner(meter))
-    finally:
-        audit_mod.run_method = orig  # type: ignore[assignment]
-        meter.close()
+    rows_run: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        if not stages_only:
+            stack.enter_context(counting_rows(rows_run))
+        try:
+            summary = audit_mod.run_audit(spec, runner=MeteredRunner(meter))
+        finally:
+            audit_mod.run_method = orig  # type: ignore[assignment]
+            meter.close()
     layout = RunLayout(Path(spec.output))
     if stages_only:
         return {
@@ -264,6 +268,10 @@ def run_one(
         layer_channels[lay] * tail_seconds(model, lay, x, spec.explain.batch_size) for lay in model_layers
     )
     abl = meter.step_seconds.get(("explain", "ablation"), 0.0)
+    model_path = abl + meter.step_seconds.get(("explain", "ti"), 0.0)
+    # the model path's floor: the (image, neuron) rows it ran, at the best per-row cost of the tail
+    per_row = {lay: best_row_seconds(model, lay, x) for lay in rows_run}
+    row_floor = sum(rows_run[lay] * per_row[lay] for lay in rows_run)
     return {
         "images": n_images,
         "neurons": neurons,
@@ -274,8 +282,56 @@ def run_one(
         "ablation_model_path_neurons": sum(layer_channels[lay] for lay in model_layers),
         "tail_pass_seconds_summed_over_neurons": round(floor, 3),
         "ablation_per_neuron_over_tail_pass": round(abl / floor, 2) if floor > 0 else None,
+        "model_path_seconds": round(model_path, 2),
+        "model_path_rows": rows_run,
+        "tail_ms_per_row_best": {lay: round(v * 1e3, 3) for lay, v in per_row.items()},
+        "model_path_row_floor_seconds": round(row_floor, 2),
+        "model_path_over_row_floor": round(model_path / row_floor, 2) if row_floor > 0 else None,
         "total_seconds": float(summary["seconds"]),
     }
+
+
+@contextlib.contextmanager
+def counting_rows(counts: dict[str, int]) -> Iterator[None]:
+    """While active, ``counts[layer]`` adds up the rows (image, neuron pairs and unpatched images) every
+    LE model-path pass runs through the network after ``layer`` (ablation scores and Top Impact)."""
+    from neurodis.methods.le.ablation import ModelPatcher
+
+    orig = ModelPatcher._pass
+
+    def counted(
+        self: ModelPatcher, rows: np.ndarray, a: torch.Tensor, frontier: Any, src: torch.Tensor, *rest: Any
+    ) -> Any:
+        if self.mode in ("graph", "hooked"):
+            counts[self.layer] = counts.get(self.layer, 0) + len(src)
+        return orig(self, rows, a, frontier, src, *rest)
+
+    ModelPatcher._pass = counted  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ModelPatcher._pass = orig  # type: ignore[method-assign]
+
+
+def best_row_seconds(model: torch.nn.Module, layer: str, x: torch.Tensor) -> float:
+    """The least seconds per row of one pass of the network after ``layer``, over passes of 8 to 64 rows
+    (rows from ``x``'s images, repeated to 64)."""
+    from neurodis.models.tail import split_at
+
+    split = split_at(model, layer)
+    assert split is not None, f"resnet50 should split at {layer}"
+    with torch.no_grad():
+        a, frontier = split.lower(x)
+        a = a.repeat(-(-64 // len(a)), *([1] * (a.dim() - 1)))[:64]
+        best = math.inf
+        for rows in (8, 16, 32, 64):
+            split.upper(a[:rows], frontier)  # warm-up
+            for _ in range(2):
+                t0 = time.perf_counter()
+                for lo in range(0, 64, rows):
+                    split.upper(a[lo : lo + rows], frontier)
+                best = min(best, (time.perf_counter() - t0) / 64)
+    return best
 
 
 class FunctionalResNet(torch.nn.Module):

@@ -126,7 +126,7 @@ def top_impact(model, x, y, layer, channel, activation, betas, t) -> list[float]
     acc = (base_logits.argmax(1) == y).numpy().astype(np.float64)
     acc_abl = (abl_logits.argmax(1) == y).numpy().astype(np.float64)
     loss, loss_abl = ce(base_logits, y, t), ce(abl_logits, y, t)
-    d_acc = (acc - acc_abl) / acc.sum()
+    d_acc = (acc - acc_abl) / max(acc.sum(), 1.0)  # no image right: sum Acc taken as 1 (docs)
     d_loss = (loss - loss_abl) / loss.sum()
     impact = np.abs((d_acc - d_loss) / 2)
     order = sorted(range(len(x)), key=lambda i: (-activation[i], i))

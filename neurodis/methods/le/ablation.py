@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -65,6 +66,7 @@ from neurodis.pipeline.step import UnitOutput, run_unit
 
 log = logging.getLogger(__name__)
 
+ALPHA_RESAMPLES = 200  # bootstrap resamples of the test images behind alpha's interval
 FAST_BUDGET = 1 << 22  # logits elements per fast-path tile (rows x neurons x classes)
 CPU_PASS_BYTES = 8 << 20  # layer-output bytes per model-path pass on a CPU (a pass within the caches)
 
@@ -75,6 +77,36 @@ def scored_channels(n_channels: int, sample: int | None) -> tuple[np.ndarray, in
     with ``i = ceil(channels / n)`` (at most ``n`` of them, spread over the layer)."""
     interval = 1 if sample is None or sample >= n_channels else -(-n_channels // sample)
     return np.arange(0, n_channels, interval, dtype=np.int64), interval
+
+
+def sampled_rows(rows: np.ndarray, cap: int | None, seed: Sequence[int]) -> np.ndarray:
+    """``rows`` (ascending), or with ``explain.ablation_images: cap`` below their number a uniform sample of
+    ``cap`` of them drawn with ``numpy.random.default_rng(seed)`` (ascending): the same images for every
+    layer and unit of a run."""
+    if cap is None or len(rows) <= cap:
+        return rows
+    return np.sort(np.random.default_rng(list(seed)).choice(rows, cap, replace=False))
+
+
+def alpha_interval(
+    sim: torch.Tensor, mean: torch.Tensor, seed: int, resamples: int = ALPHA_RESAMPLES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """95 % percentile-bootstrap interval of alpha over the test images: ``sim``, ``mean`` ``[n, kc]`` are
+    the per-image ``|L_sim - L|`` and ``|L_mean - L|``; each resample weighs the images by counts drawn
+    with ``numpy.random.default_rng(seed).multinomial(n, [1/n] * n, size=resamples)`` (the same draws for
+    every neuron). NaN where fewer than two images or every resample's mean-ablation changes nothing."""
+    n, kc = sim.shape
+    if n < 2:
+        nan = torch.full((kc,), float("nan"), dtype=torch.float64)
+        return nan, nan.clone()
+    counts = torch.from_numpy(
+        np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    )
+    boot = alpha_score(counts @ sim.double(), counts @ mean.double()).numpy()
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no interval
+        lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
+    return torch.from_numpy(np.asarray(lo, np.float64)), torch.from_numpy(np.asarray(hi, np.float64))
 
 
 def ablation_unit(explainer: str, layer: str, start: int | None = None) -> str:
@@ -389,6 +421,8 @@ class Scores:
     d: torch.Tensor
     alpha: torch.Tensor
     val_objective: torch.Tensor
+    alpha_low: torch.Tensor  # alpha's 95 % bootstrap interval over the test images
+    alpha_high: torch.Tensor
 
 
 def _optim(
@@ -430,11 +464,13 @@ def score(
     steps: int,
     lr: float,
     shared: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
 ) -> Scores:
-    """(c, d) on val by ``method`` and alpha on test, for neurons ``channels``. ``val`` = (rows, labels,
-    simulations ``[n, kc]``, activations ``[n, kc]``); ``test`` = (rows, labels, simulations). ``shared``
-    (a dict the caller keeps for one set of neurons and rows) carries what does not depend on the method
-    or the explanation from one call to the next: the base losses and the mean-ablation losses."""
+    """(c, d) on val by ``method`` and alpha on test with its bootstrap interval (``alpha_interval``,
+    ``seed``), for neurons ``channels``. ``val`` = (rows, labels, simulations ``[n, kc]``, activations
+    ``[n, kc]``); ``test`` = (rows, labels, simulations). ``shared`` (a dict the caller keeps for one set of
+    neurons and rows) carries what does not depend on the method or the explanation from one call to the
+    next: the base losses and the mean-ablation losses."""
     vrows, vlab, vs, vq = val
     trows, tlab, ts = test
     cache = {} if shared is None else shared
@@ -446,14 +482,14 @@ def score(
         c, d = norm_scale(vs, vq)
     else:
         c, d = _optim(p, vrows, channels, vs, vlab, vbase, temperature, steps, lr)
-    sim_t = abs_loss_change(losses(p, trows, channels, c * ts + d, tlab, temperature), tbase)
-    if "mean_t" not in cache:
-        cache["mean_t"] = abs_loss_change(
-            losses(p, trows, channels, mu.expand(len(trows), -1), tlab, temperature), tbase
-        )
-    mean_t = cache["mean_t"]
+    sim_i = (losses(p, trows, channels, c * ts + d, tlab, temperature) - tbase[:, None]).abs()
+    if "mean_i" not in cache:
+        mean_l = losses(p, trows, channels, mu.expand(len(trows), -1), tlab, temperature)
+        cache["mean_i"] = (mean_l - tbase[:, None]).abs()
+    mean_i = cache["mean_i"]
     val_obj = abs_loss_change(losses(p, vrows, channels, c * vs + d, vlab, temperature), vbase)
-    return Scores(c, d, alpha_score(sim_t, mean_t), val_obj)
+    low, high = alpha_interval(sim_i.detach(), mean_i, seed)
+    return Scores(c, d, alpha_score(sim_i.sum(0), mean_i.sum(0)), val_obj, low, high)
 
 
 def top_impact_of(
@@ -502,7 +538,9 @@ def ablation_table(
     temperature: float,
     path: str,
     interval: int = 1,
+    images: tuple[int, int] = (0, 0),
 ) -> pa.Table:
+    """``images``: the (val, test) images the scores were computed on."""
     rows: dict[str, list[Any]] = {n: [] for n in ABLATION_SCORES.schema.names}
 
     def num(x: torch.Tensor, i: int) -> float | None:
@@ -518,9 +556,11 @@ def ablation_table(
                     "d": num(res.d, i),
                     "alpha": num(res.alpha, i),
                     "val_objective": num(res.val_objective, i),
+                    "alpha_low": num(res.alpha_low, i),
+                    "alpha_high": num(res.alpha_high, i),
                 }
                 if ok and res is not None
-                else {"c": None, "d": None, "alpha": None, "val_objective": None}
+                else dict.fromkeys(("c", "d", "alpha", "val_objective", "alpha_low", "alpha_high"))
             )
             row = {
                 "layer": layer,
@@ -533,6 +573,8 @@ def ablation_table(
                 "path": path,
                 "status": st,
                 "sample_interval": interval,
+                "val_images": images[0],
+                "test_images": images[1],
             }
             for n in rows:
                 rows[n].append(row[n])
@@ -547,7 +589,9 @@ def ti_table(
     total: torch.Tensor,
     path: str,
     interval: int = 1,
+    images: int = 0,
 ) -> pa.Table:
+    """``images``: the labelled images the impacts were summed over."""
     rows = [
         {
             "layer": layer,
@@ -557,6 +601,7 @@ def ti_table(
             "total_impact": float(total[i]),
             "path": path,
             "sample_interval": interval,
+            "images": images,
         }
         for i, ch in enumerate(channels)
         for j, b in enumerate(betas)
@@ -638,7 +683,8 @@ def ablation_block(
         for c in channels
     ]
     have = np.isin(inp.ids, source.image_ids())
-    vrows, trows = np.flatnonzero((inp.split == 1) & have), np.flatnonzero((inp.split == 2) & have)
+    vrows = sampled_rows(np.flatnonzero((inp.split == 1) & have), cfg.ablation_images, (cfg.split_seed, 1))
+    trows = sampled_rows(np.flatnonzero((inp.split == 2) & have), cfg.ablation_images, (cfg.split_seed, 2))
     train = np.flatnonzero(inp.split == 0)
     live = [i for i, s in enumerate(status) if s == "ok"]
     if not len(vrows) or not len(trows) or not len(train):
@@ -673,32 +719,38 @@ def ablation_block(
                 cfg.optim_steps,
                 cfg.optim_lr,
                 shared,
+                cfg.split_seed,
             )
-            full = {
-                f: torch.full((len(channels),), float("nan"), dtype=torch.float64)
-                for f in ("c", "d", "alpha", "v")
-            }
-            for f, src in (("c", res.c), ("d", res.d), ("alpha", res.alpha), ("v", res.val_objective)):
-                full[f][torch.as_tensor(live)] = src.detach().double()
-            results[m] = Scores(full["c"], full["d"], full["alpha"], full["v"])
-    return ablation_table(layer, explainer, simulator, channels, status, results, temperature, path, interval)
+            full = {}
+            for f in Scores.__dataclass_fields__:
+                full[f] = torch.full((len(channels),), float("nan"), dtype=torch.float64)
+                full[f][torch.as_tensor(live)] = getattr(res, f).detach().double()
+            results[m] = Scores(**full)
+    images = (len(vrows), len(trows)) if live else (0, 0)
+    return ablation_table(
+        layer, explainer, simulator, channels, status, results, temperature, path, interval, images
+    )
 
 
 def ti_block(
     plan: ExplainPlan, layer: str, start: int, stop: int, factory: PatcherFactory, path: str
 ) -> pa.Table:
-    """Top Impact of channels ``start:stop`` over every labelled probe image."""
+    """Top Impact of channels ``start:stop`` over every labelled probe image (or the sample of
+    ``explain.ablation_images``)."""
+    cfg = plan.spec.explain
     inp = layer_inputs(plan, layer)
-    scored, interval = scored_channels(plan.layer(layer).channels, plan.spec.explain.ablation_neurons)
+    scored, interval = scored_channels(plan.layer(layer).channels, cfg.ablation_neurons)
     ch = scored[(scored >= start) & (scored < stop)]
-    rows = np.arange(len(inp.ids))
-    p = factory(inp.ids, inp.q, len(ch))
-    labels = torch.from_numpy(inp.label)
-    val = np.flatnonzero(inp.split == 1)
+    keep = sampled_rows(np.arange(len(inp.ids)), cfg.ablation_images, (cfg.split_seed, 3))
+    ids, q, split, label = inp.ids[keep], inp.q[keep], inp.split[keep], inp.label[keep]
+    rows = np.arange(len(ids))
+    p = factory(ids, q, len(ch))
+    labels = torch.from_numpy(label)
+    val = np.flatnonzero(split == 1)
     temperature = temperature_of(plan.spec, p, val if len(val) else rows, labels[val] if len(val) else labels)
-    acts = torch.from_numpy(inp.q[:, ch].astype(np.float64))
-    ti, total = top_impact_of(p, rows, ch, labels, acts, plan.spec.explain.betas, temperature)
-    return ti_table(layer, ch.tolist(), plan.spec.explain.betas, ti, total, path, interval)
+    acts = torch.from_numpy(q[:, ch].astype(np.float64))
+    ti, total = top_impact_of(p, rows, ch, labels, acts, cfg.betas, temperature)
+    return ti_table(layer, ch.tolist(), cfg.betas, ti, total, path, interval, len(ids))
 
 
 def _fast_factory(plan: ExplainPlan, layer: str) -> PatcherFactory:

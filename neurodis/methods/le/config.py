@@ -73,6 +73,7 @@ class ExplainConfig:
     neurons_per_unit: int = 64
     batch_size: int = 32
     ablation_neurons: int | None = None
+    ablation_images: int | None = None
 
     def __post_init__(self) -> None:
         if self.explainer is not None:  # one explainer: `explainer: label` is short for `explainers: [label]`
@@ -146,6 +147,11 @@ class ExplainConfig:
             raise SpecError(
                 f"explain.ablation_neurons must be a positive integer (or null: every neuron), got "
                 f"{self.ablation_neurons}"
+            )
+        if self.ablation_images is not None and self.ablation_images < 2:
+            raise SpecError(
+                f"explain.ablation_images must be an integer >= 2 (or null: every image), got "
+                f"{self.ablation_images}"
             )
         if self.optim_lr <= 0 or self.min_std < 0:
             raise SpecError("explain.optim_lr must be > 0 and explain.min_std >= 0")

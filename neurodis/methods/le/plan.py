@@ -347,9 +347,12 @@ def plan_explain(spec: AuditSpec, layout: RunLayout) -> tuple[ExplainPlan, list[
         cfg.simulator,
     )
     heads = [(lp.path, lp.head) for lp in layers]
-    common: tuple[object, ...] = (classes, heads, cfg.temperature, cfg.ablation_path)
-    if cfg.ablation_neurons is not None:  # left out when unset: runs without a sample keep their hashes
+    # ("tables", 2): the score tables gained alpha's interval and the image counts
+    common: tuple[object, ...] = (classes, heads, cfg.temperature, cfg.ablation_path, ("tables", 2))
+    if cfg.ablation_neurons is not None:  # left out when unset
         common += (("ablation_neurons", cfg.ablation_neurons),)
+    if cfg.ablation_images is not None:
+        common += (("ablation_images", cfg.ablation_images),)
     ablation_hash = stable_hash(explain_hash, common, cfg.ablation_methods, cfg.optim_steps, cfg.optim_lr)
     ti_hash = stable_hash(SCHEMA_VERSION, fwd, fp, split_hash, common, cfg.betas)
     plan = ExplainPlan(

@@ -39,13 +39,20 @@ def explain_report(run_dir: str | Path, neuron: str, top: int = 10) -> str:
         )
         for a in abl.filter(ds.field("explainer") == r["explainer"]).to_pylist():
             lines.append(
-                f"    ablation ({a['method']}, {a['path']}): alpha {_fmt(a['alpha'], 4)}, c {_fmt(a['c'])}, "
-                f"d {_fmt(a['d'])} [{a['status']}]"
+                f"    ablation ({a['method']}, {a['path']}): alpha {_fmt(a['alpha'], 4)}"
+                + (
+                    f" (95% CI {_fmt(a['alpha_low'], 3)} to {_fmt(a['alpha_high'], 3)}, "
+                    f"{a['test_images']} test images)"
+                    if a.get("alpha_low") is not None
+                    else ""
+                )
+                + f", c {_fmt(a['c'])}, d {_fmt(a['d'])} [{a['status']}]"
             )
     ti = read_table(layout, "top_impact", filter=key)
     if ti.num_rows:
         parts = [f"{b:g}: {_fmt(v, 4)}" for b, v in zip(ti["beta"].to_pylist(), ti["ti"].to_pylist())]
-        lines.append("  top impact TI(beta): " + ", ".join(parts))
+        n_img = ti["images"].to_pylist()[0] if "images" in ti.column_names else None
+        lines.append("  top impact TI(beta): " + ", ".join(parts) + (f" ({n_img} images)" if n_img else ""))
     refs = read_table(layout, "references", filter=key).sort_by("rank")
     if refs.num_rows:
         images = read_table(layout, "images")

@@ -114,6 +114,14 @@ ABLATION_SCORES = table_spec(
             "every how many channels of the layer one is scored (channels 0, i, 2i, ...; "
             "explain.ablation_neurons); 1 = every neuron",
         ),
+        (
+            "alpha_low",
+            pa.float64(),
+            "95 % percentile-bootstrap interval of alpha over the test images (200 resamples, c and d fixed)",
+        ),
+        ("alpha_high", pa.float64(), "upper end of that interval"),
+        ("val_images", pa.int32(), "val images c and d were fitted on (explain.ablation_images caps it)"),
+        ("test_images", pa.int32(), "test images alpha was computed on (explain.ablation_images caps it)"),
     ],
 )
 
@@ -132,9 +140,10 @@ TOP_IMPACT = table_spec(
             "fraction of images (top ceil(beta * n) by activation, ties to the smaller image id)",
         ),
         ("ti", pa.float64(), "sum of |I| over those images / sum over all (null when the total is 0)"),
-        ("total_impact", pa.float64(), "sum over all labelled images of |I| = |dAcc - dL| / 2"),
+        ("total_impact", pa.float64(), "sum over the labelled images of |I| = |dAcc - dL| / 2"),
         ("path", pa.string(), "'fast' or 'model'"),
         ("sample_interval", pa.int32(), "as in ablation_scores: 1 = every neuron of the layer"),
+        ("images", pa.int32(), "labelled images the impacts are over (explain.ablation_images caps it)"),
     ],
 )
 

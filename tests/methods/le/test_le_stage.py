@@ -602,3 +602,153 @@ def test_scored_channels():
     assert ablation.scored_channels(8, 8)[0].tolist() == list(range(8))
     ch, interval = ablation.scored_channels(2048, 100)
     assert interval == 21 and ch.tolist() == list(range(0, 2048, 21)) and len(ch) <= 100
+
+
+def _bootstrap_alpha(
+    sim: np.ndarray, mean: np.ndarray, seed: int, resamples: int = 200
+) -> tuple[float, float]:
+    """The 95 % percentile-bootstrap interval of 1 - sum(sim) / sum(mean) over images, by resampling image
+    indices explicitly (one neuron; the draws of numpy's multinomial as documented)."""
+    n = len(sim)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    boot = []
+    for c in counts:
+        idx = np.repeat(np.arange(n), c)
+        m = mean[idx].sum()
+        boot.append(1.0 - sim[idx].sum() / m if m > 1e-12 else np.nan)
+    lo, hi = np.nanpercentile(np.array(boot), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def test_alpha_interval_is_the_bootstrap_over_test_images_and_covers():
+    g = np.random.default_rng(3)
+    sim, mean = g.gamma(1.0, 1.0, (40, 3)), g.gamma(2.0, 1.0, (40, 3))
+    mean[:, 2] = 0.0  # the mean-ablation changes nothing: no alpha, no interval
+    lo, hi = ablation.alpha_interval(torch.from_numpy(sim), torch.from_numpy(mean), seed=7)
+    for k in range(2):
+        np.testing.assert_allclose((lo[k].item(), hi[k].item()), _bootstrap_alpha(sim[:, k], mean[:, k], 7))
+        # a deliberately wrong answer (another neuron's changes) is not this neuron's interval
+        assert not np.allclose((lo[k].item(), hi[k].item()), _bootstrap_alpha(sim[:, 1 - k], mean[:, k], 7))
+    assert np.isnan(lo[2].item()) and np.isnan(hi[2].item())
+    # coverage: over many samples of 60 images from a population of 20,000, the interval holds the
+    # population's alpha about 95 % of the time
+    pop_s, pop_m = g.gamma(1.0, 1.0, 20_000), g.gamma(2.0, 1.0, 20_000)
+    truth = 1.0 - pop_s.sum() / pop_m.sum()
+    hits = 0
+    for trial in range(200):
+        i = g.choice(20_000, 60, replace=False)
+        lo, hi = ablation.alpha_interval(
+            torch.from_numpy(pop_s[i, None]), torch.from_numpy(pop_m[i, None]), trial
+        )
+        hits += bool(lo.item() <= truth <= hi.item())
+    assert 0.85 <= hits / 200 <= 0.995, hits
+
+
+def test_sampled_rows():
+    rows = np.arange(10, 60, 2)
+    assert (
+        ablation.sampled_rows(rows, None, (0, 1)) is rows and ablation.sampled_rows(rows, 25, (0, 1)) is rows
+    )
+    a = ablation.sampled_rows(rows, 7, (0, 1))
+    assert len(a) == 7 and set(a) <= set(rows) and np.all(np.diff(a) > 0)
+    assert np.array_equal(a, ablation.sampled_rows(rows, 7, (0, 1)))
+    assert not np.array_equal(a, ablation.sampled_rows(rows, 7, (0, 2)))
+    # uniform: over seeds every row is drawn about 7 / 25 of the time
+    freq = np.zeros(len(rows))
+    for seed in range(2000):
+        freq += np.isin(rows, ablation.sampled_rows(rows, 7, (seed, 1)))
+    np.testing.assert_allclose(freq / 2000, 7 / 25, atol=0.05)
+
+
+def _per_image_changes(model, x, y, layer, channel, sim_value, mean_value, t):
+    base = ref.ce(ref.patched_logits(model, x, layer, channel, None), y, t)
+    sim = ref.ce(ref.patched_logits(model, x, layer, channel, sim_value), y, t)
+    mean = ref.ce(
+        ref.patched_logits(model, x, layer, channel, torch.full((len(x),), float(mean_value))), y, t
+    )
+    return np.abs(sim - base), np.abs(mean - base)
+
+
+def test_scores_record_their_images_and_alphas_interval(run):
+    """Every row records the images it was scored on; alpha's interval equals a bootstrap of the per-image
+    loss changes recomputed by patching the real model (fast path layer2, model path layer1)."""
+    _, out, _, spec = run
+    abl = read_table(out, "ablation_scores").to_pylist()
+    ok = [r for r in abl if r["status"] == "ok"]
+    assert ok and all(r["val_images"] == 8 and r["test_images"] == 16 for r in ok)
+    assert all(r["alpha_low"] is None and r["alpha_high"] is None for r in abl if r["status"] != "ok")
+    assert set(read_table(out, "top_impact")["images"].to_pylist()) == {80}
+    model, x, y, _ = model_inputs(out)
+    sim_p = toy_probabilities(out, CLASSES)
+    for layer in ("layer2", "layer1"):
+        q, codes, _ = stored(out, layer)
+        te = np.flatnonzero(codes == 2)
+        ex = {
+            r["channel"]: r
+            for r in read_table(out, "explanations")
+            .filter((ds.field("layer") == layer) & (ds.field("explainer") == "label"))
+            .to_pylist()
+        }
+        rows = [r for r in ok if r["layer"] == layer and r["explainer"] == "label" and r["method"] == "norm"]
+        assert rows, layer
+        for r in rows[:3]:
+            e = ex[r["channel"]]
+            s = (
+                sim_p[te][:, [CLASSES.index(c) for c in e["concepts"]]] @ np.array(e["weights"])
+                + e["intercept"]
+            )
+            mu = q[codes == 0, r["channel"]].mean()
+            sim, mean = _per_image_changes(
+                model, x[te], y[te], layer, r["channel"], torch.tensor(r["c"] * s + r["d"]), mu, 1.1
+            )
+            want = _bootstrap_alpha(sim, mean, spec.explain.split_seed)
+            np.testing.assert_allclose((r["alpha_low"], r["alpha_high"]), want, rtol=1e-3, atol=1e-4)
+            assert r["alpha_low"] <= r["alpha_high"]
+
+
+def test_an_image_sample_scores_on_those_images(run):
+    """``explain.ablation_images: 5`` fits and scores ablation on 5 val and 5 test images and Top Impact on
+    5 labelled images, the sample the split's seed draws; alpha and TI equal the real model patched on
+    exactly those images (model path layer1, fast path layer2)."""
+    root, _, _, _ = run
+    spec = make_spec(root, out="images", ablation_images=5, ablation_methods=["norm"])
+    run_audit(spec, runner=LocalRunner())
+    out = root / "images"
+    model, x, y, _ = model_inputs(out)
+    abl = [r for r in read_table(out, "ablation_scores").to_pylist() if r["status"] == "ok"]
+    assert abl and all(r["val_images"] == 5 and r["test_images"] == 5 for r in abl)
+    ti = read_table(out, "top_impact")
+    assert set(ti["images"].to_pylist()) == {5}
+    sim_p = stored(out, "layer1")[2]  # the label explainer's simulator: the class indicators
+    keep = ablation.sampled_rows(np.arange(80), 5, (0, 3))
+    for layer in ("layer1", "layer2"):
+        q, codes, _ = stored(out, layer)
+        te = ablation.sampled_rows(np.flatnonzero(codes == 2), 5, (0, 2))
+        ex = {
+            r["channel"]: r
+            for r in read_table(out, "explanations").filter(ds.field("layer") == layer).to_pylist()
+        }
+        mine = [r for r in abl if r["layer"] == layer]
+        assert mine, layer
+        for r in mine[:3]:
+            e = ex[r["channel"]]
+            s = (
+                sim_p[te][:, [CLASSES.index(c) for c in e["concepts"]]] @ np.array(e["weights"])
+                + e["intercept"]
+            )
+            mu = q[codes == 0, r["channel"]].mean()
+            want = ref.alpha(
+                model, x[te], y[te], layer, r["channel"], torch.tensor(r["c"] * s + r["d"]), mu, 1.1
+            )
+            np.testing.assert_allclose(
+                r["alpha"], want, rtol=1e-4, atol=1e-5, err_msg=f"{layer}/{r['channel']}"
+            )
+        rows = ti.filter(ds.field("layer") == layer).sort_by(
+            [("channel", "ascending"), ("beta", "ascending")]
+        )
+        for ch in (0, 5):
+            got = rows.filter(ds.field("channel") == ch)["ti"].to_pylist()
+            want = ref.top_impact(
+                model, x[keep], y[keep], layer, ch, q[keep, ch], sorted(spec.explain.betas), 1.1
+            )
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=f"{layer}/{ch}")
