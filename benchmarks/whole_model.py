@@ -24,7 +24,20 @@ values: a custom ResNet whose ``forward`` uses functional ops and a skip connect
 32-channel layer (before: whole forward passes) and 32 neurons of ResNet-50's ``layer3.0`` (before: the
 hook replay); seconds per neuron, over one tail pass, the speed-up and the largest logit difference.
 
+Also per configuration, the LE model path against its floor: the rows (image, neuron pairs) it ran
+through the network after each layer (``model_path_rows``), times the least seconds per row of that
+network over passes of 8 to 64 rows (``tail_ms_per_row_best``), against the seconds of its ablation and
+Top Impact steps (``model_path_over_row_floor``).
+
+With ``--before REV`` (a git revision of this repository, e.g. the code before a change), the largest
+configuration is also audited by the package as it was at ``REV`` (extracted with ``git archive``, put
+first on ``PYTHONPATH``) and by this code, each in a fresh process, alternately, ``--repeats`` times each:
+per stage the seconds both ways and the speed-up of the medians, and the LE score tables compared (the
+largest difference per value column, the same missing values, Top Impact's ranking). ``--before-only``
+runs just that comparison.
+
     python benchmarks/whole_model.py [--images 24 48] [--side 64] [--threads 2] [--val-images 64]
+                                     [--before REV [--repeats 2] [--before-only]]
 
 The last line printed is one JSON object with those figures and ``dominant_stage`` (the most seconds at
 the largest configuration).
