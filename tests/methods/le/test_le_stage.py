@@ -660,6 +660,11 @@ def test_sampled_rows():
     np.testing.assert_allclose(freq / 2000, 7 / 25, atol=0.05)
 
 
+def _simulated(p: np.ndarray, e: dict) -> np.ndarray:
+    """An explanation's simulated activation from concept probabilities ``p`` [images, classes]."""
+    return p[:, [CLASSES.index(c) for c in e["concepts"]]] @ np.array(e["weights"]) + e["intercept"]
+
+
 def _per_image_changes(model, x, y, layer, channel, sim_value, mean_value, t):
     base = ref.ce(ref.patched_logits(model, x, layer, channel, None), y, t)
     sim = ref.ce(ref.patched_logits(model, x, layer, channel, sim_value), y, t)
@@ -693,10 +698,7 @@ def test_scores_record_their_images_and_alphas_interval(run):
         assert rows, layer
         for r in rows[:3]:
             e = ex[r["channel"]]
-            s = (
-                sim_p[te][:, [CLASSES.index(c) for c in e["concepts"]]] @ np.array(e["weights"])
-                + e["intercept"]
-            )
+            s = _simulated(sim_p[te], e)
             mu = q[codes == 0, r["channel"]].mean()
             sim, mean = _per_image_changes(
                 model, x[te], y[te], layer, r["channel"], torch.tensor(r["c"] * s + r["d"]), mu, 1.1
@@ -732,10 +734,7 @@ def test_an_image_sample_scores_on_those_images(run):
         assert mine, layer
         for r in mine[:3]:
             e = ex[r["channel"]]
-            s = (
-                sim_p[te][:, [CLASSES.index(c) for c in e["concepts"]]] @ np.array(e["weights"])
-                + e["intercept"]
-            )
+            s = _simulated(sim_p[te], e)
             mu = q[codes == 0, r["channel"]].mean()
             want = ref.alpha(
                 model, x[te], y[te], layer, r["channel"], torch.tensor(r["c"] * s + r["d"]), mu, 1.1
