@@ -48,7 +48,7 @@ from neurodis.orchestration.audit import run_audit
 from neurodis.orchestration.runners import LocalRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from whole_model import make_probe, spec_dict  # noqa: E402
+from whole_model import differences, make_probe, spec_dict, ti_ranks  # noqa: E402
 
 
 class BeforePatcher(ModelPatcher):
@@ -83,27 +83,6 @@ def run_block(worker: AblationWorker, task: ablation.BlockTask, make: ablation.P
             worker.plan, task.explainer, task.layer, task.start, task.stop, make, "model"
         )
     return ablation.ti_block(worker.plan, task.layer, task.start, task.stop, make, "model")
-
-
-def differences(before: pa.Table, after: pa.Table, columns: list[str]) -> tuple[dict[str, float], bool]:
-    """The largest absolute difference per column and whether the missing values are the same."""
-    worst, same_missing = {}, True
-    for c in columns:
-        x = np.array([np.nan if v is None else v for v in before[c].to_pylist()], np.float64)
-        y = np.array([np.nan if v is None else v for v in after[c].to_pylist()], np.float64)
-        same_missing &= bool(np.array_equal(np.isnan(x), np.isnan(y)))
-        both = ~np.isnan(x) & ~np.isnan(y)
-        worst[c] = float(np.abs(x[both] - y[both]).max()) if both.any() else 0.0
-    return worst, same_missing
-
-
-def ti_ranks(table: pa.Table) -> dict[tuple[str, float], list[int]]:
-    """Per (layer, beta): channels by decreasing TI (missing last, ties by channel)."""
-    out: dict[tuple[str, float], list[tuple[float, int]]] = {}
-    for r in table.to_pylist():
-        ti = -np.inf if r["ti"] is None else r["ti"]
-        out.setdefault((r["layer"], r["beta"]), []).append((-ti, r["channel"]))
-    return {k: [c for _, c in sorted(v)] for k, v in out.items()}
 
 
 def main() -> None:

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 import neurodis.orchestration.audit as audit_mod
@@ -328,23 +329,9 @@ def counting_rows(counts: dict[str, int]) -> Iterator[None]:
 
 def best_row_seconds(model: torch.nn.Module, layer: str, x: torch.Tensor) -> float:
     """The least seconds per row of one pass of the network after ``layer``, over passes of 8 to 64 rows
-    (rows from ``x``'s images, repeated to 64)."""
-    from neurodis.models.tail import split_at
-
-    split = split_at(model, layer)
-    assert split is not None, f"resnet50 should split at {layer}"
-    with torch.no_grad():
-        a, frontier = split.lower(x)
-        a = a.repeat(-(-64 // len(a)), *([1] * (a.dim() - 1)))[:64]
-        best = math.inf
-        for rows in (8, 16, 32, 64):
-            split.upper(a[:rows], frontier)  # warm-up
-            for _ in range(2):
-                t0 = time.perf_counter()
-                for lo in range(0, 64, rows):
-                    split.upper(a[lo : lo + rows], frontier)
-                best = min(best, (time.perf_counter() - t0) / 64)
-    return best
+    (``tail_seconds`` over ``x``'s images repeated to 64)."""
+    x64 = x.repeat(-(-64 // len(x)), *([1] * (x.dim() - 1)))[:64]
+    return min(tail_seconds(model, layer, x64, rows) / 64 for rows in (8, 16, 32, 64))
 
 
 class FunctionalResNet(torch.nn.Module):
@@ -464,37 +451,41 @@ def one_process(
     return result
 
 
-def ti_rank(t: dict[str, list[Any]], rows: list[int]) -> list[int]:
-    """``rows`` of a Top Impact table ordered by ``ti`` (largest first, ties by channel)."""
-    return sorted(rows, key=lambda r: (-(t["ti"][r] or 0.0), t["channel"][r]))
+def differences(before: pa.Table, after: pa.Table, columns: list[str]) -> tuple[dict[str, float], bool]:
+    """The largest absolute difference per column and whether the missing values are the same."""
+    worst, same_missing = {}, True
+    for c in columns:
+        x = np.array([np.nan if v is None else v for v in before[c].to_pylist()], np.float64)
+        y = np.array([np.nan if v is None else v for v in after[c].to_pylist()], np.float64)
+        same_missing &= bool(np.array_equal(np.isnan(x), np.isnan(y)))
+        both = ~np.isnan(x) & ~np.isnan(y)
+        worst[c] = float(np.abs(x[both] - y[both]).max()) if both.any() else 0.0
+    return worst, same_missing
+
+
+def ti_ranks(table: pa.Table) -> dict[tuple[str, float], list[int]]:
+    """Per (layer, beta): channels by decreasing TI (missing last, ties by channel)."""
+    out: dict[tuple[str, float], list[tuple[float, int]]] = {}
+    for r in table.to_pylist():
+        ti = -np.inf if r["ti"] is None else r["ti"]
+        out.setdefault((r["layer"], r["beta"]), []).append((-ti, r["channel"]))
+    return {k: [c for _, c in sorted(v)] for k, v in out.items()}
 
 
 def compare_tables(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Per LE score table: same keys, the largest absolute difference per value column, the same missing
-    values, and (Top Impact) the same ranking of each layer's neurons at every beta."""
+    """Per LE score table (columns as ``le_tables`` gives them): same keys, the largest absolute difference
+    per value column, the same missing values, and (Top Impact) the same ranking of each layer's neurons at
+    every beta."""
     out: dict[str, Any] = {}
     for name, (keys, values) in TABLE_KEYS.items():
-        b, a = before[name], after[name]
-        res: dict[str, Any] = {"rows": len(a[keys[0]]), "same_keys": all(b[k] == a[k] for k in keys)}
+        b, a = pa.table(before[name]), pa.table(after[name])
+        res: dict[str, Any] = {"rows": a.num_rows, "same_keys": b.select(keys).equals(a.select(keys))}
         if res["same_keys"]:
-            for c in values:
-                x = np.array([np.nan if v is None else v for v in b[c]], np.float64)
-                y = np.array([np.nan if v is None else v for v in a[c]], np.float64)
-                both = ~np.isnan(x) & ~np.isnan(y)
-                res[f"{c}_max_abs_diff"] = float(np.abs(x[both] - y[both]).max()) if both.any() else 0.0
-                res[f"{c}_same_missing"] = bool(np.array_equal(np.isnan(x), np.isnan(y)))
-        if name == "top_impact" and res["same_keys"]:
-            same = True
-            for layer in sorted(set(a["layer"])):
-                for beta in sorted(set(a["beta"])):
-                    sel = [
-                        i
-                        for i, (ll, bb) in enumerate(zip(a["layer"], a["beta"]))
-                        if ll == layer and bb == beta
-                    ]
-
-                    same &= ti_rank(b, sel) == ti_rank(a, sel)
-            res["same_ranking"] = same
+            worst, same_missing = differences(b, a, values)
+            res |= {f"{c}_max_abs_diff": v for c, v in worst.items()}
+            res["same_missing"] = same_missing
+            if name == "top_impact":
+                res["same_ranking"] = ti_ranks(b) == ti_ranks(a)
         out[name] = res
     return out
 

@@ -107,9 +107,14 @@ def optim_scale(
     return best_c, best_d, best_obj
 
 
+def loss_changes(losses: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """``|L[n, k] - L0[n]|`` per image and neuron."""
+    return (losses - base[:, None]).abs()
+
+
 def abs_loss_change(losses: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """``sum_n |L[n, k] - L0[n]|`` per neuron."""
-    return (losses - base[:, None]).abs().sum(0)
+    return loss_changes(losses, base).sum(0)
 
 
 def alpha_score(sim_change: torch.Tensor, mean_change: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -42,6 +42,7 @@ from neurodis.kernels.ablation import (
     ce_losses,
     fit_temperature,
     impact,
+    loss_changes,
     norm_scale,
     optim_scale,
     rank1_logits,
@@ -103,7 +104,7 @@ def alpha_interval(
         np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
     )
     boot = alpha_score(counts @ sim.double(), counts @ mean.double()).numpy()
-    with np.errstate(all="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no interval
         lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
     return torch.from_numpy(np.asarray(lo, np.float64)), torch.from_numpy(np.asarray(hi, np.float64))
@@ -482,10 +483,10 @@ def score(
         c, d = norm_scale(vs, vq)
     else:
         c, d = _optim(p, vrows, channels, vs, vlab, vbase, temperature, steps, lr)
-    sim_i = (losses(p, trows, channels, c * ts + d, tlab, temperature) - tbase[:, None]).abs()
+    sim_i = loss_changes(losses(p, trows, channels, c * ts + d, tlab, temperature), tbase)
     if "mean_i" not in cache:
         mean_l = losses(p, trows, channels, mu.expand(len(trows), -1), tlab, temperature)
-        cache["mean_i"] = (mean_l - tbase[:, None]).abs()
+        cache["mean_i"] = loss_changes(mean_l, tbase)
     mean_i = cache["mean_i"]
     val_obj = abs_loss_change(losses(p, vrows, channels, c * vs + d, vlab, temperature), vbase)
     low, high = alpha_interval(sim_i.detach(), mean_i, seed)
@@ -742,15 +743,16 @@ def ti_block(
     scored, interval = scored_channels(plan.layer(layer).channels, cfg.ablation_neurons)
     ch = scored[(scored >= start) & (scored < stop)]
     keep = sampled_rows(np.arange(len(inp.ids)), cfg.ablation_images, (cfg.split_seed, 3))
-    ids, q, split, label = inp.ids[keep], inp.q[keep], inp.split[keep], inp.label[keep]
-    rows = np.arange(len(ids))
-    p = factory(ids, q, len(ch))
-    labels = torch.from_numpy(label)
-    val = np.flatnonzero(split == 1)
+    if len(keep) < len(inp.ids):  # a sample (without one, no copy of the activations)
+        inp = LayerInputs(inp.ids[keep], inp.q[keep], inp.split[keep], inp.label[keep])
+    rows = np.arange(len(inp.ids))
+    p = factory(inp.ids, inp.q, len(ch))
+    labels = torch.from_numpy(inp.label)
+    val = np.flatnonzero(inp.split == 1)
     temperature = temperature_of(plan.spec, p, val if len(val) else rows, labels[val] if len(val) else labels)
-    acts = torch.from_numpy(q[:, ch].astype(np.float64))
+    acts = torch.from_numpy(inp.q[:, ch].astype(np.float64))
     ti, total = top_impact_of(p, rows, ch, labels, acts, cfg.betas, temperature)
-    return ti_table(layer, ch.tolist(), cfg.betas, ti, total, path, interval, len(ids))
+    return ti_table(layer, ch.tolist(), cfg.betas, ti, total, path, interval, len(inp.ids))
 
 
 def _fast_factory(plan: ExplainPlan, layer: str) -> PatcherFactory:

@@ -43,7 +43,7 @@ def explain_report(run_dir: str | Path, neuron: str, top: int = 10) -> str:
                 + (
                     f" (95% CI {_fmt(a['alpha_low'], 3)} to {_fmt(a['alpha_high'], 3)}, "
                     f"{a['test_images']} test images)"
-                    if a.get("alpha_low") is not None
+                    if a["alpha_low"] is not None
                     else ""
                 )
                 + f", c {_fmt(a['c'])}, d {_fmt(a['d'])} [{a['status']}]"
@@ -51,7 +51,7 @@ def explain_report(run_dir: str | Path, neuron: str, top: int = 10) -> str:
     ti = read_table(layout, "top_impact", filter=key)
     if ti.num_rows:
         parts = [f"{b:g}: {_fmt(v, 4)}" for b, v in zip(ti["beta"].to_pylist(), ti["ti"].to_pylist())]
-        n_img = ti["images"].to_pylist()[0] if "images" in ti.column_names else None
+        n_img = ti["images"][0].as_py()  # null in runs written before the column
         lines.append("  top impact TI(beta): " + ", ".join(parts) + (f" ({n_img} images)" if n_img else ""))
     refs = read_table(layout, "references", filter=key).sort_by("rank")
     if refs.num_rows:
